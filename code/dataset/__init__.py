@@ -1,0 +1,1 @@
+"""Dataset stage: download raw data, preprocess into leave-one-out splits (DESIGN.md §3)."""

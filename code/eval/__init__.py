@@ -1,0 +1,1 @@
+"""Evaluation and aggregation (not built yet; see README, Known limits)."""

@@ -1,0 +1,1 @@
+"""Explainer stage: chat LLM + LoRA + ranker bridge (not built yet; see README, Known limits)."""

@@ -1,0 +1,1 @@
+"""Ranker stage: SASRec (Kang & McAuley, 2018), the production ranker."""
