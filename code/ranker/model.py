@@ -1,0 +1,118 @@
+"""SASRec: Self-Attentive Sequential Recommendation (Kang & McAuley, ICDM 2018, arXiv:1808.09781).
+
+Item embedding ``E`` (row 0 = padding) is shared between the input and the output scores
+``s(u, i) = h_uᵀ e_i``; it is also the *shared item store* the explainer reads (DESIGN.md §1).
+
+NOTE: departures from the paper, each a common choice in later re-implementations:
+- pre-LN blocks (LayerNorm before attention / feed-forward, as the authors' own PyTorch port does)
+  plus a final LayerNorm; the paper's equations put LN after the residual.
+- GELU in the point-wise feed-forward (the paper uses ReLU); `activation="relu"` restores it.
+- the default loss (see ``losses.py``) is full-softmax cross-entropy over all items rather than the
+  paper's BCE with one sampled negative, which stays available as an option.
+The model takes its device from its inputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclasses.dataclass
+class SASRecConfig:
+    n_items: int
+    hidden: int = 64
+    n_layers: int = 2
+    n_heads: int = 2
+    dropout: float = 0.2
+    max_len: int = 50
+    activation: str = "gelu"
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: SASRecConfig):
+        super().__init__()
+        assert cfg.hidden % cfg.n_heads == 0, "hidden must be divisible by n_heads"
+        self.n_heads, self.dropout = cfg.n_heads, cfg.dropout
+        self.qkv = nn.Linear(cfg.hidden, 3 * cfg.hidden)
+        self.out = nn.Linear(cfg.hidden, cfg.hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, L, D = x.shape
+        q, k, v = self.qkv(x).view(B, L, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)
+        # Future-masked (causal) attention: position t sees 1..t only (the paper's "causality").
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        return self.out(y.transpose(1, 2).reshape(B, L, D))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: SASRecConfig):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(cfg.hidden)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln2 = nn.LayerNorm(cfg.hidden)
+        act = nn.GELU() if cfg.activation == "gelu" else nn.ReLU()
+        self.ffn = nn.Sequential(nn.Linear(cfg.hidden, cfg.hidden), act, nn.Dropout(cfg.dropout),
+                                 nn.Linear(cfg.hidden, cfg.hidden))
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop(self.attn(self.ln1(x)))
+        x = x + self.drop(self.ffn(self.ln2(x)))
+        return x * keep  # padding positions stay zero, as in the authors' code ("timeline mask")
+
+
+class SASRec(nn.Module):
+    def __init__(self, cfg: SASRecConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.item_emb = nn.Embedding(cfg.n_items + 1, cfg.hidden, padding_idx=0)  # the shared store E
+        self.pos_emb = nn.Embedding(cfg.max_len, cfg.hidden)
+        self.emb_drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.ln_f = nn.LayerNorm(cfg.hidden)
+        self.apply(self._init)
+
+    @staticmethod
+    def _init(m: nn.Module) -> None:
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=0.02)
+            if isinstance(m, nn.Linear) and m.bias is not None:
+                nn.init.zeros_(m.bias)
+            if isinstance(m, nn.Embedding) and m.padding_idx is not None:
+                with torch.no_grad():
+                    m.weight[m.padding_idx].zero_()
+
+    @property
+    def item_table(self) -> torch.Tensor:
+        """The shared item store ``E`` (n_items + 1, d); row 0 is padding."""
+        return self.item_emb.weight
+
+    def forward(self, seqs: torch.Tensor, item_table: torch.Tensor | None = None) -> torch.Tensor:
+        """Hidden states (B, L, d) for left-padded item-id sequences (B, L), L ≤ max_len.
+
+        ``item_table`` replaces ``E`` (e.g. a co-adapted store) without touching the module's weights.
+        """
+        E = self.item_table if item_table is None else item_table
+        L = seqs.shape[1]
+        keep = (seqs > 0).unsqueeze(-1).to(E.dtype)
+        pos = torch.arange(L, device=seqs.device)
+        x = F.embedding(seqs, E) * math.sqrt(self.cfg.hidden) + self.pos_emb(pos)  # sqrt(d) as in the paper's code
+        x = self.emb_drop(x) * keep
+        for block in self.blocks:
+            x = block(x, keep)
+        return self.ln_f(x)
+
+    def user_state(self, seqs: torch.Tensor, item_table: torch.Tensor | None = None) -> torch.Tensor:
+        """``h_u`` (B, d): the hidden state at the last position of each left-padded history."""
+        return self.forward(seqs, item_table)[:, -1]
+
+    def scores(self, h: torch.Tensor, item_table: torch.Tensor | None = None) -> torch.Tensor:
+        """``h_uᵀ e_i`` for every item id (…, n_items + 1); column 0 (padding) is meaningless."""
+        E = self.item_table if item_table is None else item_table
+        return h @ E.T
