@@ -24,6 +24,7 @@ from ..common.errors import InputError
 from ..common.logs import get_logger
 from ..common.paths import proc_dir, raw_dir
 from . import loaders, references, transforms
+from .streaming import UserSample
 
 STAGE = "dataset"
 
@@ -43,9 +44,12 @@ class PreprocessConfig:
 
 
 def item_text(items: pd.DataFrame) -> pd.Series:
-    """The item's description used by encoders and prompts: 'Title (year). Genres: a, b.'"""
+    """The item's description used by encoders and prompts: 'Title (year)[ by author]. a, b.'"""
     year = items["year"].astype(str).where(items["year"].astype(str) != "", None)
     head = items["title"].astype(str) + np.where(year.notna(), " (" + year.fillna("") + ")", "")
+    if "author" in items.columns:  # Books
+        author = items["author"].fillna("").astype(str)
+        head = head + np.where(author != "", " by " + author, "")
     genres = items["genres"].astype(str).str.replace("|", ", ", regex=False)
     return head + np.where(genres != "", ". " + genres + ".", ".")
 
@@ -73,7 +77,8 @@ def process(raw: loaders.RawData, cfg: PreprocessConfig, min_rating: float | Non
     if min_rating is not None and "rating" in inter.columns:
         inter = inter[inter["rating"] >= min_rating]
     inter = inter.drop_duplicates(["user_raw", "item_raw"], keep="first")  # implicit: one event per pair
-    inter = sample_users(inter, cfg)
+    if not raw.sampled:  # streaming loaders sample while reading (see streaming.UserSample)
+        inter = sample_users(inter, cfg)
     inter = transforms.iterative_kcore(inter, cfg.k_core)
     if inter.empty:
         raise transforms.EmptyAfterFilter(
@@ -96,7 +101,16 @@ def process(raw: loaders.RawData, cfg: PreprocessConfig, min_rating: float | Non
         attrs = raw.users.drop_duplicates("user_raw").set_index("user_raw")
         users = users.join(attrs, on="user_raw")
 
-    refs = references.build_references(inter, items, raw.item_kind, cfg.ref_train_per_user)
+    if raw.review_lookup is not None:  # Books: fetch the review text of the rows that get a reference
+        mask = references.reference_rows(inter, cfg.ref_train_per_user)
+        need = inter[mask]
+        keys = list(zip(need["user_raw"], need["item_raw"]))
+        found = raw.review_lookup(set(keys))
+        review = np.full(len(inter), None, dtype=object)
+        review[np.flatnonzero(mask)] = [found.get(k) for k in keys]
+        inter = inter.assign(review=review)
+    hours = inter["rating"] if raw.rating_unit == "hours" else None
+    refs = references.build_references(inter, items, raw.item_kind, cfg.ref_train_per_user, hours=hours)
     keep_cols = ["user_id", "item_id", "ts", "pos", "split"] + (["rating"] if "rating" in inter.columns else [])
     inter_out = inter[keep_cols].reset_index(drop=True)
     inter_out[["user_id", "item_id"]] = inter_out[["user_id", "item_id"]].astype("int32")
@@ -108,7 +122,8 @@ def process(raw: loaders.RawData, cfg: PreprocessConfig, min_rating: float | Non
         "avg_seq_len": n_inter / n_users, "k_core": cfg.k_core, "min_rating": min_rating,
         "references": {k: int(v) for k, v in refs["source"].value_counts().items()},
         "id_map_sha256": transforms.id_map_sha256(user_index, item_index),
-        "order": "per-user chronological by timestamp; ties keep raw-file order",
+        "order": raw.order,
+        "rating_unit": raw.rating_unit,
         "split": "leave-one-out: last = test, second-last = valid, rest = train",
     }
     return {"interactions": inter_out, "items": items, "users": users, "references": refs, "stats": stats}
@@ -120,7 +135,7 @@ def run(cfg: PreprocessConfig, root=None) -> dict:
     started = time.time()
     spec = loaders.get_spec(cfg.dataset)
     raw_folder = raw_dir(cfg.dataset, root)
-    raw = spec.load(raw_folder)
+    raw = spec.load(raw_folder, UserSample(cfg.max_users, cfg.sample_frac, cfg.seed))
     min_rating = cfg.min_rating if cfg.min_rating is not None else spec.min_rating
     try:
         out = process(raw, cfg, min_rating)
