@@ -6,6 +6,9 @@ Item embedding ``E`` (row 0 = padding) is shared between the input and the outpu
 NOTE: departures from the paper, each a common choice in later re-implementations:
 - pre-LN blocks (LayerNorm before attention / feed-forward, as the authors' own PyTorch port does)
   plus a final LayerNorm; the paper's equations put LN after the residual.
+- padding keys are hidden from attention (``mask_padding_keys``, default on, as the authors' TF code
+  does; their PyTorch port lets real positions attend to padding). On ML-100K this gave validation
+  NDCG@10 0.1204 vs 0.1194 and test 0.1106 vs 0.1036 (full ranking, seen masked; one seed each).
 - GELU in the point-wise feed-forward (the paper uses ReLU); `activation="relu"` restores it.
 - the default loss (see ``losses.py``) is full-softmax cross-entropy over all items rather than the
   paper's BCE with one sampled negative, which stays available as an option.
@@ -31,6 +34,7 @@ class SASRecConfig:
     dropout: float = 0.2
     max_len: int = 50
     activation: str = "gelu"
+    mask_padding_keys: bool = True  # attend to real items only (the paper's TF code); False: pad keys too
 
 
 class CausalSelfAttention(nn.Module):
@@ -41,11 +45,12 @@ class CausalSelfAttention(nn.Module):
         self.qkv = nn.Linear(cfg.hidden, 3 * cfg.hidden)
         self.out = nn.Linear(cfg.hidden, cfg.hidden)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         B, L, D = x.shape
         q, k, v = self.qkv(x).view(B, L, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)
         # Future-masked (causal) attention: position t sees 1..t only (the paper's "causality").
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
+        # ``attn_mask`` (B, 1, L, L) bool, when given, is already causal and also hides padding keys.
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=attn_mask is None,
                                            dropout_p=self.dropout if self.training else 0.0)
         return self.out(y.transpose(1, 2).reshape(B, L, D))
 
@@ -61,8 +66,8 @@ class Block(nn.Module):
                                  nn.Linear(cfg.hidden, cfg.hidden))
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop(self.attn(self.ln1(x)))
+    def forward(self, x: torch.Tensor, keep: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.drop(self.attn(self.ln1(x), attn_mask))
         x = x + self.drop(self.ffn(self.ln2(x)))
         return x * keep  # padding positions stay zero, as in the authors' code ("timeline mask")
 
@@ -104,8 +109,13 @@ class SASRec(nn.Module):
         pos = torch.arange(L, device=seqs.device)
         x = F.embedding(seqs, E) * math.sqrt(self.cfg.hidden) + self.pos_emb(pos)  # sqrt(d) as in the paper's code
         x = self.emb_drop(x) * keep
+        attn_mask = None
+        if self.cfg.mask_padding_keys:
+            # causal AND key is a real item; a position always sees itself, so padded rows stay finite
+            causal = torch.ones(L, L, dtype=torch.bool, device=seqs.device).tril()
+            attn_mask = (causal & (seqs > 0)[:, None, None, :]) | torch.eye(L, dtype=torch.bool, device=seqs.device)
         for block in self.blocks:
-            x = block(x, keep)
+            x = block(x, keep, attn_mask)
         return self.ln_f(x)
 
     def user_state(self, seqs: torch.Tensor, item_table: torch.Tensor | None = None) -> torch.Tensor:

@@ -1,0 +1,81 @@
+"""Print the smoke pipeline's results table from the stages' manifests (no recomputation).
+
+    python -m shielded_recrl.eval.smoke_table --dataset ml100k [--times logs/smoke/stage_times.tsv]
+
+Every number is read from a manifest that a stage wrote in this checkout; a stage that has not run
+shows as missing rather than as a number.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from shielded_recrl.common.paths import checkpoints_dir, proc_dir
+
+PROTOCOLS = {
+    "full_masked": "full ranking, seen items masked (primary)",
+    "full_unmasked": "full ranking, nothing masked (RecBole's protocol)",
+    "sampled100": "true item among 100 sampled unseen negatives (paper's protocol)",
+}
+
+
+def _load(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def ranker_rows(metrics: dict, split: str = "test") -> list[str]:
+    lines = [f"| model | protocol | NDCG@10 | HR@10 | NDCG@20 | HR@20 |", "|---|---|---|---|---|---|"]
+    for model in ("sasrec", "most_popular", "random"):
+        for proto in PROTOCOLS:
+            key = f"{split}/{model}/{proto}"
+            if f"{key}/ndcg@10" not in metrics:
+                continue
+            vals = [metrics[f"{key}/{m}"] for m in ("ndcg@10", "hr@10", "ndcg@20", "hr@20")]
+            lines.append(f"| {model} | {proto} | " + " | ".join(f"{v:.4f}" for v in vals) + " |")
+    return lines
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", default="ml100k")
+    p.add_argument("--times", default=None, help="stage_times.tsv written by run_local_smoke.sh")
+    args = p.parse_args(argv)
+    d = args.dataset
+
+    print(f"\n=== Shielded RecRL smoke results: {d} ===")
+    stats = _load(proc_dir(d) / "stats.json")
+    if stats:
+        print(f"data: {stats['users']} users, {stats['items']} items, {stats['interactions']} interactions "
+              f"({stats['k_core']}-core, {stats['split']})")
+    else:
+        print("data: missing (preprocessing has not run)")
+
+    ranker = _load(checkpoints_dir() / f"sasrec_{d}.manifest.json")
+    if ranker:
+        m = ranker["metrics"]
+        print(f"\nranker (SASRec), test split, selected on validation NDCG@10 (full, masked); "
+              f"best epoch {m.get('best_epoch')}, training {m.get('train_wall_s')} s")
+        print("\n".join(ranker_rows(m)))
+        print("protocols: " + "; ".join(f"{k} = {v}" for k, v in PROTOCOLS.items()))
+    else:
+        print("\nranker: missing")
+
+    basis = _load(checkpoints_dir() / f"basis_{d}.manifest.json")
+    if basis:
+        m = basis["metrics"]
+        spectrum = ", ".join(f"τ={t}: {m[f'rank@{t}']}" for t in ("0.9", "0.95", "0.99", "0.999") if f"rank@{t}" in m)
+        print(f"\nprojection basis: protected rank {m['rank']} of d={m['d']} at τ={basis['config']['energy']} "
+              f"(rank reached at {spectrum})")
+    else:
+        print("\nprojection basis: missing")
+
+    if args.times and Path(args.times).exists():
+        rows = [line.split("\t") for line in Path(args.times).read_text().splitlines() if line.strip()]
+        total = sum(float(t) for _, t in rows)
+        print("\nwall time per stage (s): " + ", ".join(f"{n} {float(t):.1f}" for n, t in rows) + f"; total {total:.1f}")
+
+
+if __name__ == "__main__":
+    main()
