@@ -98,14 +98,21 @@ def build(stage: str, *, config: Mapping[str, Any], inputs: Mapping[str, str | o
     return manifest
 
 
-def write(folder: str | os.PathLike, manifest: Mapping[str, Any]) -> Path:
-    path = Path(folder) / MANIFEST
+def manifest_path(where: str | os.PathLike) -> Path:
+    """``where`` is an output folder (→ ``<folder>/manifest.json``) or a manifest file ``*.json`` itself
+    (single-file artifacts such as ``checkpoints/sasrec_<D>.pt`` keep ``sasrec_<D>.manifest.json``)."""
+    where = Path(where)
+    return where if where.suffix == ".json" else where / MANIFEST
+
+
+def write(where: str | os.PathLike, manifest: Mapping[str, Any]) -> Path:
+    path = manifest_path(where)
     atomic.write_json(path, manifest)
     return path
 
 
-def read(folder: str | os.PathLike, stage: str | None = None) -> dict:
-    path = Path(folder) / MANIFEST
+def read(where: str | os.PathLike, stage: str | None = None) -> dict:
+    path = manifest_path(where)
     if not path.exists():
         raise InputError(path, f"the manifest of a completed {stage or 'stage'} run", "no such file",
                          "Run that stage first (see README, per-stage commands).")
@@ -118,30 +125,33 @@ def read(folder: str | os.PathLike, stage: str | None = None) -> dict:
     return manifest
 
 
-def verify_outputs(folder: str | os.PathLike, manifest: Mapping[str, Any]) -> None:
+def verify_outputs(where: str | os.PathLike, manifest: Mapping[str, Any]) -> None:
     """Every output the manifest lists must exist and hash as recorded."""
     root = repo_root()
     for name, rec in manifest.get("outputs", {}).items():
         p = Path(rec["path"])
         p = p if p.is_absolute() else root / p
         if not p.exists():
-            raise InputError(p, f"output '{name}' listed in {Path(folder) / MANIFEST}", "no such file",
+            raise InputError(p, f"output '{name}' listed in {manifest_path(where)}", "no such file",
                              "Re-run the stage that wrote it.")
         got = sha256_path(p)
         if got != rec["sha256"]:
-            raise InputError(p, f"sha256 {rec['sha256'][:12]}… recorded in {Path(folder) / MANIFEST}",
+            raise InputError(p, f"sha256 {rec['sha256'][:12]}… recorded in {manifest_path(where)}",
                              f"sha256 {got[:12]}…", "The file changed after it was written; re-run that stage.")
 
 
-def is_complete(folder: str | os.PathLike, stage: str, config: Mapping[str, Any],
-                inputs: Mapping[str, str | os.PathLike] | None = None) -> bool:
-    """True when ``folder`` holds a finished run of ``stage`` with this config and these inputs."""
+def is_complete(where: str | os.PathLike, stage: str, config: Mapping[str, Any],
+                inputs: Mapping[str, str | os.PathLike] | None = None, ignore: tuple[str, ...] = ()) -> bool:
+    """True when ``where`` (folder or manifest file) records a finished run of ``stage`` with this config
+    and these inputs, and every output it lists still hashes as recorded. Keys in ``ignore`` (execution
+    settings such as thread count or device, which do not change the result's meaning) are not compared."""
     try:
-        m = read(folder, stage)
-        verify_outputs(folder, m)
+        m = read(where, stage)
+        verify_outputs(where, m)
     except InputError:
         return False
-    if m.get("config") != json.loads(json.dumps(dict(config), default=str)):
+    want = {k: v for k, v in json.loads(json.dumps(dict(config), default=str)).items() if k not in ignore}
+    if {k: v for k, v in m.get("config", {}).items() if k not in ignore} != want:
         return False
     for k, v in (inputs or {}).items():
         if m.get("inputs", {}).get(k, {}).get("sha256") != sha256_path(v):

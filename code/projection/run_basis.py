@@ -73,7 +73,10 @@ def user_states(model, seqs, max_users: int | None, batch_size: int, seed: int, 
 
 
 def main(argv=None) -> dict:
-    cfg, ns = parse_config(BasisConfig, argv, description=__doc__, default_yaml="experiments/projection.yaml")
+    cfg, ns = parse_config(BasisConfig, argv, description=__doc__, default_yaml="experiments/projection.yaml",
+                           extra_args=lambda p: p.add_argument(
+                               "--force", action="store_true",
+                               help="recompute even when the basis' manifest says it is complete"))
     setup_logging()
     started = time.time()
     seed_everything(cfg.seed)
@@ -84,6 +87,10 @@ def main(argv=None) -> dict:
     if not 0 < cfg.energy <= 1:
         raise InputError("--energy", "a cumulative energy share τ in (0, 1]", str(cfg.energy))
     print("[projection] config:", json.dumps(dataclasses.asdict(cfg)))
+    if not ns.force and manifest.is_complete(artifacts.manifest_path(out_path), STAGE, dataclasses.asdict(cfg),
+                                             {"ranker": ckpt_path, "processed": proc_dir(cfg.dataset, root)}):
+        print(f"[projection] {out_path} is complete for this config and ranker (use --force to recompute)")
+        return manifest.read(artifacts.manifest_path(out_path), STAGE)["metrics"]
 
     device = resolve_device(cfg.device)
     data = load_processed(cfg.dataset, root=root)

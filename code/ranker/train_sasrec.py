@@ -42,6 +42,8 @@ PROTOCOL_NOTE = {
 def _extra(p):
     p.add_argument("--out", default=None, help="checkpoint path (default: checkpoints/sasrec_<D>.pt)")
     p.add_argument("--fresh", action="store_true", help="ignore (and overwrite) an existing resume state")
+    p.add_argument("--force", action="store_true",
+                   help="retrain even when the checkpoint's manifest says it is complete for this config and data")
 
 
 def main(argv=None):
@@ -54,6 +56,11 @@ def main(argv=None):
     manifest_path = ckpt_path.with_name(ckpt_path.stem + ".manifest.json")
     log_dir = logs_dir() / cfg.dataset / STAGE
     log = setup_logging(log_dir / "train.log")
+    if not ns.force and manifest.is_complete(manifest_path, STAGE, dataclasses.asdict(cfg),
+                                             {"processed": proc_dir(cfg.dataset)},
+                                             ignore=("threads", "device", "eval_batch_size")):
+        print(f"[ranker] {ckpt_path} is complete for this config and data (use --force to retrain)")
+        return manifest.read(manifest_path, STAGE)["metrics"]
     if ns.fresh and resume_path.exists():
         resume_path.unlink()
     print(f"[ranker] config ({ns.config or 'defaults'}):\n{json.dumps(dataclasses.asdict(cfg), indent=2)}")

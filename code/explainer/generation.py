@@ -1,0 +1,93 @@
+"""Batched generation and response log-probabilities, shared by the warm start and the PPO trainer.
+
+Both work on prompt *embeddings* (left-padded, soft tokens already in place; see ``bridge.py``), so
+the same functions serve prompts with and without the bridge. Responses are right-padded after the
+prompt; ``sequence_logprobs`` is the one place log π(response | prompt) is computed, so the log-probs a
+rollout reports and the ones a PPO update recomputes agree exactly at the first epoch.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+
+class Rollout(NamedTuple):
+    """B sampled responses of at most T tokens.
+
+    response_ids:  (B, T) long  — generated ids, ``pad_id`` after the end of each response
+    response_mask: (B, T) bool  — True on response tokens (the end-of-turn token included)
+    logprobs:      (B, T) float — log π(token | prompt, earlier tokens), 0 where masked
+    texts:         list[str]    — the decoded responses (special tokens removed), prompt not included
+    """
+
+    response_ids: torch.Tensor
+    response_mask: torch.Tensor
+    logprobs: torch.Tensor
+    texts: list[str]
+
+
+def response_mask(ids: torch.Tensor, eos_ids: set[int]) -> torch.Tensor:
+    """(B, T) bool: True up to and including the first end-of-sequence token of each row."""
+    is_eos = torch.zeros_like(ids, dtype=torch.bool)
+    for e in eos_ids:
+        is_eos |= ids == e
+    after = (is_eos.long().cumsum(1) - is_eos.long()) > 0  # strictly after the first eos
+    return ~after
+
+
+def sequence_logprobs(model, prompt_embeds: torch.Tensor, prompt_mask: torch.Tensor, response_ids: torch.Tensor,
+                      response_mask: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """log π(y_t | prompt, y_<t) for every response token: (B, T), 0 where ``response_mask`` is False.
+
+    prompt_embeds (B, P, H) left-padded with prompt_mask (B, P); response_ids (B, T) right-padded.
+    Position ids count real tokens only, so left padding does not shift the positions.
+    """
+    T = response_ids.shape[1]
+    resp = model.get_input_embeddings()(response_ids).to(prompt_embeds.dtype)
+    x = torch.cat([prompt_embeds, resp], dim=1)
+    mask = torch.cat([prompt_mask.long(), response_mask.long()], dim=1)
+    pos = (mask.cumsum(1) - 1).clamp(min=0)
+    # logits only where they predict a response token: the last prompt position and the response
+    out = model(inputs_embeds=x, attention_mask=mask, position_ids=pos, logits_to_keep=T + 1, use_cache=False)
+    logits = out.logits[:, :T].float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    lp = torch.gather(F.log_softmax(logits, dim=-1), 2, response_ids.unsqueeze(-1)).squeeze(-1)
+    return lp * response_mask.to(lp.dtype)
+
+
+def response_nll(model, prompt_embeds, prompt_mask, response_ids, response_mask) -> tuple[torch.Tensor, int]:
+    """Mean negative log-likelihood over response tokens only (the SFT loss) and the token count."""
+    lp = sequence_logprobs(model, prompt_embeds, prompt_mask, response_ids, response_mask)
+    n = int(response_mask.sum())
+    return -lp.sum() / max(n, 1), n
+
+
+@torch.no_grad()
+def generate(model, tok, prompt_embeds: torch.Tensor, prompt_mask: torch.Tensor, *, max_new_tokens: int = 48,
+             temperature: float = 1.0, top_p: float = 1.0, do_sample: bool = True) -> Rollout:
+    """Sample (or greedily decode) responses to a left-padded batch of prompt embeddings.
+
+    Seeded through torch's global generator (``seed_everything``). ``temperature`` and ``top_p`` shape
+    sampling; the returned log-probs are under the policy at ``temperature`` (before top-p truncation),
+    recomputed with :func:`sequence_logprobs` so PPO's old and new log-probs are the same function.
+    """
+    eos = tok.eos_token_id
+    kwargs = dict(max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id, eos_token_id=eos)
+    if do_sample and temperature > 0:
+        kwargs.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
+    else:
+        kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+    out = model.generate(inputs_embeds=prompt_embeds, attention_mask=prompt_mask, **kwargs)
+    ids = out if isinstance(out, torch.Tensor) else out.sequences
+    if ids.shape[1] == 0:  # nothing generated (max_new_tokens 0)
+        ids = torch.full((prompt_embeds.shape[0], 1), tok.pad_token_id, dtype=torch.long, device=prompt_embeds.device)
+    mask = response_mask(ids, {eos})
+    ids = ids.masked_fill(~mask, tok.pad_token_id)
+    lp = sequence_logprobs(model, prompt_embeds, prompt_mask, ids, mask,
+                           temperature=temperature if do_sample and temperature > 0 else 1.0)
+    texts = [tok.decode(row[m].tolist(), skip_special_tokens=True).strip() for row, m in zip(ids, mask)]
+    return Rollout(ids, mask, lp, texts)

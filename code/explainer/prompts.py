@@ -1,0 +1,147 @@
+"""Explainer prompts: the model's own chat template, length-bounded, with places for soft tokens.
+
+A prompt is a system message and one user turn::
+
+    Items you chose recently (oldest first):
+    - Heat (1995; Action, Crime, Thriller)
+    - ...
+    Recommended movie: Kolya (1996; Comedy)
+    What the recommender knows about you: ⟨u⟩⟨u⟩ and about this movie: ⟨i⟩⟨i⟩
+    In one or two sentences, tell me why I might enjoy Kolya.
+
+``⟨u⟩``/``⟨i⟩`` are soft-token places: their token ids are placeholders whose input embeddings the
+bridge overwrites (see ``bridge.py``). Without the bridge the whole "What the recommender knows" line
+is left out. When the prompt exceeds its token budget the oldest history items are dropped first; the
+recommended item, the instruction and the soft tokens are always kept.
+
+No I/O here; ``tok`` is any Hugging Face tokenizer with a chat template.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import NamedTuple, Sequence
+
+import torch
+
+USER_MARK, ITEM_MARK = "\x00U\x00", "\x00I\x00"  # never produced by real text; split out before tokenizing
+SOFT_TEXT, SOFT_USER, SOFT_ITEM = 0, 1, 2  # values of Prompt.soft
+
+SYSTEM = "You explain recommendations: in one or two friendly sentences, tell the user why the {kind} suits them."
+KIND = {"ml100k": "movie", "ml25m": "movie", "books": "book", "steam": "game"}
+
+
+def item_kind(dataset: str) -> str:
+    return KIND.get(dataset, "item")
+
+
+def _year(year) -> str:
+    try:
+        y = float(year)
+    except (TypeError, ValueError):
+        return str(year or "")
+    return "" if y != y or y == 0 else str(int(y))  # NaN / 0 = unknown
+
+
+def describe_item(item: dict) -> str:
+    """``Title (year; Genre, Genre)`` from a row with ``title``, ``year`` (may be empty), ``genres`` ('|')."""
+    attrs = [a for a in str(item.get("genres") or "").split("|") if a][:4]
+    inner = "; ".join(p for p in (_year(item.get("year")), ", ".join(attrs)) if p)
+    return f"{item['title']} ({inner})" if inner else str(item["title"])
+
+
+class Prompt(NamedTuple):
+    """One tokenized prompt (P tokens, generation prompt included).
+
+    ids:       list[int] (P,) — token ids; soft-token places hold ``tok.pad_token_id``
+    soft:      list[int] (P,) — SOFT_TEXT / SOFT_USER / SOFT_ITEM per position
+    n_history: int — history items kept after truncation
+    """
+
+    ids: list[int]
+    soft: list[int]
+    n_history: int
+
+
+def user_message(history: Sequence[dict], item: dict, kind: str, n_user_tokens: int, n_item_tokens: int) -> str:
+    lines = []
+    if history:
+        lines.append("Items you chose recently (oldest first):")
+        lines += [f"- {describe_item(h)}" for h in history]
+    lines.append(f"Recommended {kind}: {describe_item(item)}")
+    if n_user_tokens or n_item_tokens:
+        lines.append(f"What the recommender knows about you: {USER_MARK * n_user_tokens} "
+                     f"and about this {kind}: {ITEM_MARK * n_item_tokens}")
+    lines.append(f"In one or two sentences, tell me why I might enjoy {item['title']}.")
+    return "\n".join(lines)
+
+
+def _tokenize(tok, text: str) -> tuple[list[int], list[int]]:
+    ids, soft = [], []
+    for piece in re.split(f"({USER_MARK}|{ITEM_MARK})", text):
+        if piece == USER_MARK or piece == ITEM_MARK:
+            ids.append(tok.pad_token_id)
+            soft.append(SOFT_USER if piece == USER_MARK else SOFT_ITEM)
+        elif piece:
+            # the rendered template already holds its special tokens as text; add none of our own
+            part = tok(piece, add_special_tokens=False)["input_ids"]
+            ids += part
+            soft += [SOFT_TEXT] * len(part)
+    return ids, soft
+
+
+def build_prompt(tok, history: Sequence[dict], item: dict, max_len: int, *, kind: str = "item",
+                 n_user_tokens: int = 0, n_item_tokens: int = 0, max_history: int = 10) -> Prompt:
+    """Chat-templated prompt of at most ``max_len`` tokens; ``history`` is oldest first."""
+    system = SYSTEM.format(kind=kind)
+    keep = min(len(history), max_history)
+    while True:
+        hist = list(history[len(history) - keep:]) if keep else []
+        messages = [{"role": "system", "content": system},
+                    {"role": "user", "content": user_message(hist, item, kind, n_user_tokens, n_item_tokens)}]
+        text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        ids, soft = _tokenize(tok, text)
+        if len(ids) <= max_len:
+            return Prompt(ids, soft, keep)
+        if keep == 0:
+            raise ValueError(f"max_seq_len_explainer leaves {max_len} prompt tokens, but the prompt without any "
+                             f"history already needs {len(ids)}: raise max_seq_len_explainer or lower "
+                             "explanation_max_len")
+        keep -= 1  # drop the oldest history item first
+
+
+class PromptBatch(NamedTuple):
+    """Left-padded prompts (B prompts, P = longest).
+
+    ids:  (B, P) long — pad on the left
+    mask: (B, P) long — 1 on real (text or soft) tokens
+    soft: (B, P) long — SOFT_* per position (SOFT_TEXT on padding)
+    """
+
+    ids: torch.Tensor
+    mask: torch.Tensor
+    soft: torch.Tensor
+
+
+def collate_prompts(prompts: Sequence[Prompt], pad_id: int) -> PromptBatch:
+    P = max(len(p.ids) for p in prompts)
+    ids = torch.full((len(prompts), P), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), P), dtype=torch.long)
+    soft = torch.zeros((len(prompts), P), dtype=torch.long)
+    for b, p in enumerate(prompts):
+        n = len(p.ids)
+        ids[b, P - n:] = torch.tensor(p.ids)
+        mask[b, P - n:] = 1
+        soft[b, P - n:] = torch.tensor(p.soft)
+    return PromptBatch(ids, mask, soft)
+
+
+def collate_responses(responses: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded response ids (B, T) and their mask (B, T) bool."""
+    T = max(1, max(len(r) for r in responses))
+    ids = torch.full((len(responses), T), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(responses), T), dtype=torch.bool)
+    for b, r in enumerate(responses):
+        ids[b, :len(r)] = torch.tensor(list(r), dtype=torch.long)
+        mask[b, :len(r)] = True
+    return ids, mask
