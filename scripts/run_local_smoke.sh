@@ -48,6 +48,9 @@ fi
 if [ -f code/projection/run_basis.py ]; then
   run_stage basis "$PY" code/projection/run_basis.py --dataset "$DATASET" --proj_dir . "${FORCE[@]}"
 fi
+if [ -f code/explainer/init_lora.py ]; then
+  run_stage lora_init "$PY" code/explainer/init_lora.py --dataset "$DATASET" "${FORCE[@]}"
+fi
 
 missing=()
 [ -f code/explainer/init_lora.py ] || missing+=("explainer warm start (issue 5)")
