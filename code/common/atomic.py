@@ -14,6 +14,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+from .errors import InputError
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -54,6 +56,27 @@ def save_torch(path: str | os.PathLike, obj: Any) -> None:
 def write_parquet(path: str | os.PathLike, frame) -> None:
     with atomic_path(path) as tmp:
         frame.to_parquet(tmp, index=False)
+
+
+def load_torch_checked(path: str | os.PathLike, *, what: str, fmt: str, fix: str, map_location="cpu") -> dict:
+    """``torch.load(weights_only=True)`` of a file this project wrote with ``{"format": fmt, ...}``.
+
+    A missing file, an unpicklable one or one of another format is an InputError naming the file,
+    what was expected, what was found and ``fix``.
+    """
+    import torch
+
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, what, "no such file", fix)
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure means a bad input file
+        raise InputError(path, f"a weights_only-loadable {what}", f"{type(err).__name__}: {err}", fix) from None
+    if not isinstance(obj, dict) or obj.get("format") != fmt:
+        found = obj.get("format") if isinstance(obj, dict) else type(obj).__name__
+        raise InputError(path, f"{what} of format {fmt!r}", repr(found), fix)
+    return obj
 
 
 @contextlib.contextmanager

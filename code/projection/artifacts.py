@@ -23,7 +23,6 @@ from pathlib import Path
 import torch
 
 from ..common import atomic
-from ..common.errors import InputError
 from .shield import check_basis
 
 FORMAT = "shielded_recrl.basis/1"
@@ -44,18 +43,8 @@ def save_basis(path: str | os.PathLike, basis: dict) -> Path:
 def load_basis(path: str | os.PathLike, *, d: int | None = None, ranker_sha256: str | None = None,
                map_location: str | torch.device = "cpu") -> dict:
     """Load a basis file; with ``d``/``ranker_sha256`` refuse one built for another ranker (InputError)."""
-    path = Path(path)
-    if not path.exists():
-        raise InputError(path, "a projection basis", "no such file",
-                         "Build it: python code/projection/run_basis.py --dataset <D> --proj_dir .")
-    try:
-        basis = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure means a bad input file
-        raise InputError(path, "a weights_only-loadable basis file", f"{type(err).__name__}: {err}",
-                         "Rebuild it with run_basis.py.") from None
-    if not isinstance(basis, dict) or basis.get("format") != FORMAT:
-        found = basis.get("format") if isinstance(basis, dict) else type(basis).__name__
-        raise InputError(path, f"format {FORMAT!r}", repr(found), "Rebuild it with run_basis.py.")
+    basis = atomic.load_torch_checked(path, what="projection basis", fmt=FORMAT, map_location=map_location,
+                                      fix="Build it: python code/projection/run_basis.py --dataset <D> --proj_dir .")
     if d is not None:
         check_basis(basis, d=d, ranker_sha256=ranker_sha256, source=str(path))
     return basis

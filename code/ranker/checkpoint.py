@@ -46,18 +46,8 @@ def load_ranker(path: str | os.PathLike, expect_id_map: str | None = None,
     ``expect_id_map``: the ``id_map_sha256`` of the processed data it will be used with; a checkpoint
     trained on other data (different users/items or ids) is refused.
     """
-    path = Path(path)
-    if not path.exists():
-        raise InputError(path, "a SASRec checkpoint", "no such file",
-                         "Train one: python code/ranker/train_sasrec.py --dataset <D>")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure is a bad input file
-        raise InputError(path, "a weights_only-loadable SASRec checkpoint", f"{type(err).__name__}: {err}",
-                         "Re-train the ranker.") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise InputError(path, f"format {FORMAT!r}", repr(found), "Re-train the ranker.")
+    ckpt = atomic.load_torch_checked(path, what="SASRec checkpoint", fmt=FORMAT, map_location=map_location,
+                                     fix="Train one: python code/ranker/train_sasrec.py --dataset <D>")
     if expect_id_map is not None and ckpt.get("id_map_sha256") != expect_id_map:
         raise InputError(path, f"a ranker trained on data with id map {expect_id_map}",
                          f"id map {ckpt.get('id_map_sha256')}",
