@@ -26,7 +26,7 @@ def _load(path: Path) -> dict | None:
 
 
 def ranker_rows(metrics: dict, split: str = "test") -> list[str]:
-    lines = [f"| model | protocol | NDCG@10 | HR@10 | NDCG@20 | HR@20 |", "|---|---|---|---|---|---|"]
+    lines = ["| model | protocol | NDCG@10 | HR@10 | NDCG@20 | HR@20 |", "|---|---|---|---|---|---|"]
     for model in ("sasrec", "most_popular", "random"):
         for proto in PROTOCOLS:
             key = f"{split}/{model}/{proto}"
