@@ -1,0 +1,200 @@
+"""User simulator for Shielded PPO (DESIGN.md §4.3; stands in for RecSim-NG). A designed proxy, not a
+user study: see ``docs/simulator.md`` for what it rewards and its known weaknesses.
+
+Users are the dataset's real users with their training histories; each is shown the ranker's top-k
+slate with seen items masked; an explanation ``x`` of item ``i`` is clicked with probability
+
+    p(u, i, x) = σ(α · z(u, i) + β · q(u, i, x) + ζ_u),   α = 1.0, β = 0.5, ζ_u ~ N(0, 0.3²)
+
+``z`` is the ranker score standardised per user (``z_over="all"``, the default, as the issue asks): the
+mean and standard deviation of the user's score row over all catalogue items 1..N, seen ones included
+(the ranker scored them too), padding excluded — so α means the same for every user whatever the
+scale of their raw scores. NOTE: with the ML-100K SASRec a top-10 slate item then has z ≈ 2.5, so
+p ≈ 0.92 before the explanation and the sigmoid is near saturation (∂p/∂q ≈ β·p(1 − p) ≈ 0.04);
+``z_over="slate"`` standardises with the statistics of the user's top-k unseen items instead (slate
+z ≈ 0, p ≈ 0.5, ∂p/∂q ≈ 0.12), a stronger learning signal for the explainer. ``q`` is :mod:`.quality`.
+``ζ_u`` is drawn once per user from a ``torch.Generator`` seeded with ``seed``. User ids are the
+dataset's ``user_id`` (1-based).
+
+Reward-hacking probes (DESIGN.md §4.3) live here too: :func:`probe_texts` / :func:`probe_table`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .quality import Quality, QualityScorer
+
+REWARDS = ("expected", "sampled")
+
+
+@dataclasses.dataclass(frozen=True)
+class SimulatorConfig:
+    alpha: float = 1.0  # weight of the standardised ranker score (DESIGN.md §4.3)
+    beta: float = 0.5  # weight of the explanation quality q ∈ [−1, 1]
+    zeta_std: float = 0.3  # per-user click propensity offset ζ_u ~ N(0, zeta_std²)
+    slate_size: int = 10
+    reward: str = "expected"  # expected | sampled
+    z_over: str = "all"  # all | slate: the items whose score mean/std standardise the ranker score
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.reward not in REWARDS:
+            raise ValueError(f"reward must be one of {REWARDS}; found {self.reward!r}")
+        if self.z_over not in ("all", "slate"):
+            raise ValueError(f"z_over must be 'all' or 'slate'; found {self.z_over!r}")
+
+
+def standardise_scores(scores: torch.Tensor, over: torch.Tensor | None = None) -> torch.Tensor:
+    """(U, N+1) raw ranker scores → per-user z-scores; column 0 (padding) stays 0.
+
+    The mean and standard deviation come from items 1..N, or from the items where the (U, N+1) bool
+    ``over`` is true (e.g. each user's slate).
+    """
+    s = scores[:, 1:].double()
+    if not torch.isfinite(s).all():
+        raise ValueError("ranker scores must be finite over items 1..N (pass unmasked scores; the slate "
+                         "masks seen items itself)")
+    w = torch.ones_like(s) if over is None else over[:, 1:].double()
+    n = w.sum(1, keepdim=True)
+    mean = (s * w).sum(1, keepdim=True) / n
+    std = ((((s - mean) ** 2) * w).sum(1, keepdim=True) / (n - 1).clamp_min(1)).sqrt()
+    z = (s - mean) / std.clamp_min(1e-12)
+    return torch.cat([torch.zeros(len(z), 1, dtype=z.dtype), z], 1)
+
+
+class UserSimulator:
+    """``scores`` (U, N+1): the ranker's unmasked scores of every item for each user's input history
+    (row ``user_id − 1``; e.g. ``all_scores(model, data, "valid")`` scores from the train history);
+    ``histories``: per user the items they have seen (``data.sequences("train")``)."""
+
+    def __init__(self, scores: torch.Tensor, histories: Sequence[np.ndarray], quality: QualityScorer,
+                 cfg: SimulatorConfig | None = None):
+        self.cfg = cfg or SimulatorConfig()
+        if scores.ndim != 2 or len(scores) != len(histories):
+            raise ValueError(f"scores must be (U, N+1) with one row per history; found {tuple(scores.shape)} "
+                             f"for {len(histories)} histories")
+        self.histories = [np.asarray(h, np.int64) for h in histories]
+        self.quality = quality
+        scores = scores.detach().cpu()
+        seen = torch.zeros(scores.shape, dtype=torch.bool)
+        for u, h in enumerate(self.histories):
+            seen[u, torch.from_numpy(h)] = True
+        seen[:, 0] = True
+        self.seen = seen
+        self.z = standardise_scores(scores)
+        if self.cfg.z_over == "slate":  # the slate is the same under either standardisation (monotone)
+            top = self.z.masked_fill(seen, float("-inf")).topk(self.cfg.slate_size, dim=1).indices
+            self.z = standardise_scores(scores, torch.zeros_like(seen).scatter_(1, top, True))
+        g = torch.Generator().manual_seed(self.cfg.seed)
+        self.zeta = torch.randn(len(histories), generator=g, dtype=torch.float64) * self.cfg.zeta_std
+        self._click_gen = torch.Generator().manual_seed(self.cfg.seed + 1)
+
+    @property
+    def n_users(self) -> int:
+        return len(self.histories)
+
+    def sample_users(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """(n,) user ids (1-based), without replacement when n ≤ U."""
+        perm = torch.randperm(self.n_users, generator=generator)
+        return perm[:n] + 1 if n <= self.n_users else torch.randint(self.n_users, (n,), generator=generator) + 1
+
+    def slate(self, user_ids: torch.Tensor, k: int | None = None) -> torch.Tensor:
+        """(B,) user ids → (B, k) item ids: the ranker's top-k over unseen items, best first."""
+        rows = torch.as_tensor(user_ids, dtype=torch.long) - 1
+        z = self.z[rows].masked_fill(self.seen[rows], float("-inf"))
+        return z.topk(k or self.cfg.slate_size, dim=1).indices
+
+    def click_prob(self, user_ids: torch.Tensor, item_ids: torch.Tensor,
+                   texts: Sequence[str]) -> tuple[torch.Tensor, Quality]:
+        """(B,) users, (B,) items, B explanations → ((B,) float64 click probabilities, the q breakdown)."""
+        rows = torch.as_tensor(user_ids, dtype=torch.long) - 1
+        items = torch.as_tensor(item_ids, dtype=torch.long)
+        qual = self.quality.score(list(texts), items.tolist(), [self.histories[r] for r in rows.tolist()])
+        q = torch.from_numpy(np.asarray(qual.q, np.float64))
+        # METHOD: the click model — ranker relevance + explanation quality + a per-user propensity
+        logit = self.cfg.alpha * self.z[rows, items] + self.cfg.beta * q + self.zeta[rows]
+        return torch.sigmoid(logit), qual
+
+    def reward(self, user_ids: torch.Tensor, item_ids: torch.Tensor, texts: Sequence[str],
+               generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, Quality]:
+        """(reward (B,), click probability (B,), q breakdown). ``expected``: reward = p; ``sampled``: a
+        Bernoulli(p) click drawn from ``generator`` (default: the simulator's own, seeded from ``seed``)."""
+        p, qual = self.click_prob(user_ids, item_ids, texts)
+        if self.cfg.reward == "expected":
+            return p, p, qual
+        clicks = torch.bernoulli(p, generator=generator or self._click_gen)
+        return clicks, p, qual
+
+
+# --- reward-hacking probes -----------------------------------------------------------------------
+PROBES = ("title_repeated", "genre_list", "generic_praise", "other_item", "invented_title", "hallucinated_title")
+INVENTED_TITLES = ("The Silver Lantern", "Midnight Over Harrow Bay", "A Winter for Thieves", "The Glass Orchard")
+
+
+def probe_texts(items: pd.DataFrame, titles, user_history: Sequence[int], item_id: int, reference: str,
+                other_reference: str, rng: random.Random) -> dict[str, str]:
+    """The reward-hacking probes for one (user, item) pair (DESIGN.md §4.3).
+
+    ``titles``: the scorer's :class:`~.quality.TitleIndex`; ``reference``: the pair's real reference
+    explanation; ``other_reference``: the reference of a *different* item (a fluent but wrong
+    explanation). ``invented_title`` / ``hallucinated_title`` are the reference with its history title
+    replaced by a made-up one / by a catalogue title the user has not seen.
+    """
+    by_id = items.set_index("item_id")
+    row = by_id.loc[item_id]
+    title = str(row["title"])
+    genres = [g for g in str(row["genres"]).split("|") if g]
+    allowed = set(map(int, user_history)) | {int(item_id)}
+    unseen = [int(i) for i in by_id.index if int(i) not in allowed]
+    fake_real = str(by_id.loc[rng.choice(unseen), "title"])
+    invented = rng.choice(INVENTED_TITLES)
+
+    def swap_history_title(new: str) -> str:
+        if titles.pattern is not None:
+            for m in titles.pattern.finditer(reference):
+                if titles.ids_of[m.group(0).lower()] & set(map(int, user_history)) - {int(item_id)}:
+                    return reference[:m.start()] + new + reference[m.end():]
+        return f"{reference} It is just like {new}."
+
+    return {
+        "title_repeated": " ".join([f"{title}!"] * 6),
+        "genre_list": ", ".join(genres + genres) + ".",
+        "generic_praise": "You will love this! It is a great choice for you and you will really enjoy it.",
+        "other_item": other_reference,
+        "invented_title": swap_history_title(invented),
+        "hallucinated_title": swap_history_title(fake_real),
+    }
+
+
+def probe_table(scorer: QualityScorer, items: pd.DataFrame, pairs: pd.DataFrame, histories: Sequence[np.ndarray],
+                seed: int = 0, field: str = "q") -> pd.DataFrame:
+    """q (or another :class:`~.quality.Quality` ``field``) of the reference and of every probe for each
+    (user, item) pair, one row per pair.
+
+    ``pairs``: rows of ``data.references`` (``user_id``, ``item_id``, ``text``); ``histories`` indexed by
+    ``user_id − 1`` — the history the references were built from. The "other item" probe of pair j is
+    the reference of pair j+1 (cyclically; its item differs, else the next one that does).
+    """
+    rng = random.Random(seed)
+    pairs = pairs.reset_index(drop=True)
+    texts, item_ids, hists, keys = [], [], [], []
+    for j, r in pairs.iterrows():
+        k = (j + 1) % len(pairs)
+        while pairs.loc[k, "item_id"] == r["item_id"] and k != j:
+            k = (k + 1) % len(pairs)
+        h = histories[int(r["user_id"]) - 1]
+        probes = {"reference": str(r["text"]),
+                  **probe_texts(items, scorer.titles, h, int(r["item_id"]), str(r["text"]),
+                                str(pairs.loc[k, "text"]), rng)}
+        for name, text in probes.items():
+            texts.append(text), item_ids.append(int(r["item_id"])), hists.append(h), keys.append((j, name))
+    values = getattr(scorer.score(texts, item_ids, hists), field)
+    df = pd.DataFrame(keys, columns=["pair", "probe"]).assign(value=values)
+    return df.pivot(index="pair", columns="probe", values="value")[["reference", *PROBES]]
