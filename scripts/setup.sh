@@ -6,8 +6,8 @@
 #   TORCH_SPEC   the torch requirement installed first (default: torch==2.13.0). For a CUDA build on a
 #                GPU machine, e.g.: TORCH_SPEC="torch==2.13.0" PIP_EXTRA_INDEX_URL=<pytorch cuda index>
 #   PYTHON       the interpreter used to create the venv (default: python3)
-# Conda is not required; inside an active conda env, set RECRL_VENV to reuse it is not supported —
-# the venv is always a plain `python -m venv`.
+# Conda is not required: the environment is always a plain `python -m venv` (created with a conda
+# Python too, if that is the `python3` on PATH).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${RECRL_VENV:-$ROOT/.venv}"
