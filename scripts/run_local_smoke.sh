@@ -51,6 +51,16 @@ fi
 if [ -f code/explainer/init_lora.py ]; then
   run_stage lora_init "$PY" code/explainer/init_lora.py --dataset "$DATASET" "${FORCE[@]}"
 fi
+if [ -f code/trainer/run_recrl_cli.py ]; then
+  # Shielded PPO and its ablations (smoke config: experiments/recrl_default.yaml). Without --force a
+  # finished run is resumed from its latest checkpoint, which has nothing left to do.
+  RESUME=(--resume auto)
+  [ ${#FORCE[@]} -gt 0 ] && RESUME=()
+  PPO=("$PY" code/trainer/run_recrl_cli.py --dataset "$DATASET" --ranker_ckpt "checkpoints/sasrec_$DATASET.pt")
+  run_stage ppo_shielded "${PPO[@]}" --projection_basis "checkpoints/basis_$DATASET.pt" --tag shielded "${RESUME[@]}"
+  run_stage ppo_no_projection "${PPO[@]}" --no_projection --tag no_projection "${RESUME[@]}"
+  run_stage ppo_frozen "${PPO[@]}" --freeze_store --tag frozen "${RESUME[@]}"
+fi
 
 missing=()
 [ -f code/explainer/init_lora.py ] || missing+=("explainer warm start (issue 5)")

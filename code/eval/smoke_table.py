@@ -12,7 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
-from shielded_recrl.common.paths import checkpoints_dir, proc_dir
+from shielded_recrl.common.paths import checkpoints_dir, logs_dir, proc_dir
 
 PROTOCOLS = {
     "full_masked": "full ranking, seen items masked (primary)",
@@ -70,6 +70,22 @@ def main(argv=None) -> None:
               f"(rank reached at {spectrum})")
     else:
         print("\nprojection basis: missing")
+
+    runs = [(tag, _load(logs_dir() / d / tag / "summary.json")) for tag in ("shielded", "no_projection", "frozen")]
+    runs = [(tag, r) for tag, r in runs if r]
+    if runs:
+        print("\nShielded PPO (smoke config): simulated reward = expected click σ(αz + βq + ζ_u), mean over the "
+              "step's rollouts;\nranker drift = validation NDCG@10 (full ranking, seen masked) with the run's store, "
+              "top-10 overlap vs the original store")
+        print("| run | steps | reward first → last | KL last | val NDCG@10 orig → last | top-10 overlap |")
+        print("|---|---|---|---|---|---|")
+        for tag, r in runs:
+            ndcg = (f"{r['val_ndcg_orig']:.4f} → {r['val_ndcg_last']:.4f}"
+                    if r.get("val_ndcg_last") is not None else "not monitored")
+            overlap = f"{r['top10_overlap_last']:.3f}" if r.get("top10_overlap_last") is not None else "-"
+            print(f"| {tag} | {r['steps']} | {r['reward_first']:.3f} → {r['reward_last']:.3f} | "
+                  f"{r['kl_last']:.2f} | {ndcg} | {overlap} |")
+        print("(a 2-step smoke run measures plumbing, not learning: the reward change is within noise)")
 
     if args.times and Path(args.times).exists():
         rows = [line.split("\t") for line in Path(args.times).read_text().splitlines() if line.strip()]

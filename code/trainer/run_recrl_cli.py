@@ -1,0 +1,303 @@
+"""Shielded PPO (DESIGN.md §4.2): the explainer learns from the user simulator while the shared store co-adapts.
+
+    python code/trainer/run_recrl_cli.py --dataset ml100k --projection_basis checkpoints/basis_ml100k.pt \
+        --lora_rank 16 --kl_beta 0.05 --max_steps 2 --tag shielded
+    # ablations: --no_projection ; --kl_beta 0.0 ; --freeze_store
+
+Reads ``data/proc/<D>/``, the ranker, the warm start ``checkpoints/lora_init_<D>/`` and (shielded) the
+basis; writes ``logs/<D>/<tag>/`` (train.log, metrics.jsonl) and ``checkpoints/recrl/<D>/<tag>/step-XXXXXX/``
+(adapter, bridge, value head, store delta, optimizer, RNG, step, config, manifest) with a ``latest``
+pointer file (JSON). ``--resume auto`` continues from ``latest``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+
+from shielded_recrl.common import atomic, manifest
+from shielded_recrl.common.configs import parse_config, to_dict
+from shielded_recrl.common.device import resolve_device, resolve_dtype
+from shielded_recrl.common.errors import InputError, run_cli
+from shielded_recrl.common.logs import MetricsLog, setup_logging
+from shielded_recrl.common.paths import checkpoints_dir, logs_dir, resolve_user_path
+from shielded_recrl.common.seeding import rng_state, seed_everything, set_rng_state, torch_generator
+from shielded_recrl.dataset.processed import load_processed
+from shielded_recrl.eval.ranking_drift import drift_report, reference_scores
+from shielded_recrl.explainer.checkpoint import load_explainer, read_info
+from shielded_recrl.explainer.policy import Example
+from shielded_recrl.projection.artifacts import load_basis
+from shielded_recrl.projection.shield import Shield, ShieldConfig
+from shielded_recrl.ranker.checkpoint import checkpoint_sha256, load_ranker
+from shielded_recrl.ranker.evaluate import all_scores
+from shielded_recrl.trainer.config import RecRLConfig
+from shielded_recrl.trainer.ppo import PPOSettings, PPOTrainer, ValueHead
+from shielded_recrl.trainer.simulator import SimulatorConfig, UserSimulator
+
+STAGE = "recrl"
+log = logging.getLogger("recrl")
+MODE_FIX = "Pass exactly one of --projection_basis FILE (shielded), --no_projection or --freeze_store."
+
+
+def parse(argv=None) -> RecRLConfig:
+    try:
+        cfg, _ = parse_config(RecRLConfig, argv, description=__doc__.splitlines()[0],
+                              default_yaml="experiments/recrl_default.yaml")
+    except ValueError as err:
+        raise InputError("--explanation_max_len", "a response budget below --max_seq_len_explainer", str(err)) from None
+    check(cfg)
+    return cfg
+
+
+def check(cfg: RecRLConfig) -> None:
+    n_modes = sum([bool(cfg.projection_basis), cfg.no_projection, cfg.freeze_store])
+    if n_modes != 1:
+        raise InputError("command line", "a store mode", "none" if n_modes == 0 else "more than one", MODE_FIX)
+    if cfg.max_new_tokens > cfg.explanation_max_len:
+        raise InputError("--max_new_tokens", f"at most --explanation_max_len ({cfg.explanation_max_len})",
+                         str(cfg.max_new_tokens), "Lower --max_new_tokens or raise --explanation_max_len.")
+
+
+# --- setup -------------------------------------------------------------------------------------------
+def make_shield(cfg: RecRLConfig, ranker, ranker_path: Path) -> tuple[Shield, dict]:
+    E = ranker.item_emb.weight
+    if cfg.mode == "shielded":
+        path = resolve_user_path(cfg.projection_basis)
+        basis = load_basis(path, d=E.shape[1], ranker_sha256=checkpoint_sha256(ranker_path))
+        rho = cfg.trust_radius if cfg.trust_radius >= 0 else basis.get("trust_radius")
+        info = {"basis": str(path), "rank": int(basis["rank"]), "energy": float(basis["energy"]), "trust_radius": rho}
+        return Shield(E, basis["Q"], ShieldConfig(mode="shielded", energy=float(basis["energy"]), trust_radius=rho)), info
+    rho = cfg.trust_radius if cfg.trust_radius >= 0 else None
+    return Shield(E, None, ShieldConfig(mode=cfg.mode, trust_radius=rho)), {"trust_radius": rho}
+
+
+def make_pair_sampler(sim: UserSimulator, histories):
+    """(n, generator) → users, items, examples: a user, and one item drawn uniformly from their slate."""
+
+    def sample(n: int, generator: torch.Generator):
+        users = sim.sample_users(n, generator)
+        slate = sim.slate(users)
+        pick = torch.randint(slate.shape[1], (n,), generator=generator)
+        items = slate[torch.arange(n), pick]
+        ex = [Example(int(u), int(i), histories[int(u) - 1], "") for u, i in zip(users, items)]
+        return users, items, ex
+
+    return sample
+
+
+def simulator_reward(sim: UserSimulator):
+    def reward(users, items, texts, ids=None):
+        r, p, _ = sim.reward(users, items, texts)
+        return r, p
+
+    return reward
+
+
+# --- checkpoints -------------------------------------------------------------------------------------
+def run_dir(cfg: RecRLConfig) -> Path:
+    return checkpoints_dir() / "recrl" / cfg.dataset / cfg.tag
+
+
+def save_step(cfg: RecRLConfig, trainer: PPOTrainer, step: int, extra_state: dict, started: float) -> Path:
+    from safetensors.torch import save_file
+
+    out = run_dir(cfg) / f"step-{step:06d}"
+    x = trainer.x
+    with atomic.atomic_dir(out) as tmp:
+        x.model.save_pretrained(tmp / "adapter", safe_serialization=True)
+        trainable = {n: p.detach().cpu().contiguous() for n, p in x.model.named_parameters() if p.requires_grad}
+        save_file(trainable, tmp / "policy_trainable.safetensors")  # exact tensors for resume
+        if x.bridge is not None:
+            save_file({k: v.detach().cpu().contiguous() for k, v in x.bridge.state_dict().items()},
+                      tmp / "bridge.safetensors")
+        save_file({k: v.detach().cpu().contiguous() for k, v in trainer.value_head.state_dict().items()},
+                  tmp / "value_head.safetensors")
+        sh = trainer.shield
+        torch.save({"store_delta": (sh.param.detach() - sh.E0).cpu(), "optimizer": trainer.opt.state_dict(),
+                    "rng": rng_state(), "step": step, "skipped_steps": trainer.skipped_steps, **extra_state},
+                   tmp / "state.pt")
+        atomic.write_json(tmp / "config.json", to_dict(cfg))
+        outputs = {n: tmp / n for n in ("adapter", "value_head.safetensors", "state.pt", "config.json")}
+        m = manifest.build(STAGE, config=to_dict(cfg), outputs=outputs, seed=cfg.seed, started=started,
+                           extra={"step": step})
+        for rec in m["outputs"].values():
+            rec["path"] = rec["path"].replace(tmp.name, out.name, 1)
+        manifest.write(tmp, m)
+    atomic.write_json(run_dir(cfg) / "latest", {"step": step, "folder": out.name})
+    return out
+
+
+def find_resume(cfg: RecRLConfig) -> Path | None:
+    if not cfg.resume:
+        return None
+    if cfg.resume != "auto":
+        return resolve_user_path(cfg.resume)
+    pointer = run_dir(cfg) / "latest"
+    if not pointer.exists():
+        log.info("--resume auto: no %s yet; starting fresh", pointer)
+        return None
+    return run_dir(cfg) / json.loads(pointer.read_text())["folder"]
+
+
+def load_step(folder: Path, cfg: RecRLConfig, trainer: PPOTrainer) -> dict:
+    from safetensors.torch import load_file
+
+    if not (folder / "state.pt").exists():
+        raise InputError(folder, "a PPO checkpoint folder (state.pt)", "no such file", "Check --resume.")
+    old = json.loads((folder / "config.json").read_text())
+    diff = {k: (old.get(k), v) for k, v in to_dict(cfg).items() if old.get(k) != v and k not in ("resume", "max_steps")}
+    if diff:
+        log.warning("resuming with a config that differs from the checkpoint's: %s", diff)
+    x = trainer.x
+    params = dict(x.model.named_parameters())
+    with torch.no_grad():
+        for n, t in load_file(folder / "policy_trainable.safetensors").items():
+            params[n].copy_(t)
+        if x.bridge is not None:
+            x.bridge.load_state_dict(load_file(folder / "bridge.safetensors"))
+        trainer.value_head.load_state_dict(load_file(folder / "value_head.safetensors"))
+        state = torch.load(folder / "state.pt", map_location="cpu", weights_only=True)
+        sh = trainer.shield
+        sh.param.copy_(sh.E0 + state["store_delta"].to(sh.E0))
+    trainer.opt.load_state_dict(state["optimizer"])
+    trainer.skipped_steps = int(state.get("skipped_steps", 0))
+    set_rng_state(state["rng"])
+    return state
+
+
+# --- the stage ---------------------------------------------------------------------------------------
+def run(cfg: RecRLConfig, reward_fn=None) -> dict:
+    """``reward_fn`` replaces the simulator's reward (tests); the simulator still picks users and slates."""
+    check(cfg)
+    started = time.time()
+    log_dir = logs_dir() / cfg.dataset / cfg.tag
+    setup_logging(log_dir / "train.log")
+    log.info("config (mode %s): %s", cfg.mode, json.dumps(to_dict(cfg)))
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
+
+    data = load_processed(cfg.dataset)
+    ranker_path = resolve_user_path(cfg.ranker_ckpt) if cfg.ranker_ckpt else checkpoints_dir() / f"sasrec_{cfg.dataset}.pt"
+    ranker, _ = load_ranker(ranker_path, expect_id_map=data.id_map_sha256)
+    ex_dir = resolve_user_path(cfg.explainer_ckpt) if cfg.explainer_ckpt else checkpoints_dir() / f"lora_init_{cfg.dataset}"
+    warm_rank = int(read_info(ex_dir)["lora"]["rank"])
+    if cfg.lora_rank and cfg.lora_rank != warm_rank:
+        raise InputError("--lora_rank", f"the warm start's LoRA rank ({warm_rank}, {ex_dir})", str(cfg.lora_rank),
+                         f"Pass --lora_rank {warm_rank}, or re-run the warm start with --lora_rank {cfg.lora_rank}.")
+    ranker.to(device)
+    shield, shield_info = make_shield(cfg, ranker, ranker_path)  # validates the basis before the LLM loads
+    explainer, _ = load_explainer(ex_dir, items=data.items, ranker=ranker, device=device, dtype=dtype,
+                                  quant="int8" if cfg.int8 else "none", trainable=True,
+                                  expect_id_map=data.id_map_sha256, ranker_sha256=checkpoint_sha256(ranker_path),
+                                  store_grad=cfg.mode != "frozen")
+    if cfg.mode == "frozen":
+        ranker.item_emb.weight.requires_grad_(False)
+    explainer.settings = dataclasses.replace(explainer.settings,
+                                             max_prompt_len=cfg.max_seq_len_explainer - cfg.explanation_max_len)
+
+    # the simulator: slates from the original ranker (the explainer explains, it does not re-rank)
+    histories = data.sequences("train")
+    scores = all_scores(ranker, data, "valid")
+    scores[:, 0] = 0.0  # padding column (the simulator never shows it)
+    if reward_fn is None:
+        from shielded_recrl.trainer.quality import QualityScorer, load_encoder
+
+        quality = QualityScorer(data.items, load_encoder())
+    else:
+        quality = None
+    sim = UserSimulator(scores, histories, quality, SimulatorConfig(slate_size=cfg.slate_size, reward=cfg.sim_reward,
+                                                                    z_over=cfg.z_over, seed=cfg.seed))
+    settings = PPOSettings(ppo_batch=cfg.ppo_batch, sim_batch=cfg.sim_batch, epochs=cfg.epochs,
+                           micro_batch_size=cfg.micro_batch_size, grad_accum=cfg.grad_accum, lr=cfg.lr,
+                           store_lr=cfg.store_lr, kl_beta=cfg.kl_beta, gamma=cfg.gamma, lam=cfg.lam, clip=cfg.clip,
+                           grad_clip=cfg.grad_clip, max_new_tokens=cfg.max_new_tokens,
+                           temperature=cfg.temperature, top_p=cfg.top_p)
+    trainer = PPOTrainer(explainer, shield, settings, make_pair_sampler(sim, histories),
+                         reward_fn or simulator_reward(sim),
+                         ValueHead(explainer.model.config.hidden_size, settings.value_hidden))
+
+    gen = torch_generator(cfg.seed)
+    step, good_store = 0, shield.param.detach().clone()
+    resume_from = find_resume(cfg)
+    if resume_from is not None:
+        state = load_step(resume_from, cfg, trainer)
+        step = int(state["step"])
+        gen.set_state(state["generator"])
+        good_store = shield.E0 + state["good_store_delta"].to(shield.E0)
+        log.info("resumed from %s at step %d", resume_from, step)
+
+    guard = cfg.monitor_every > 0
+    ref = reference_scores(ranker, data, "valid") if guard else None
+    guard_active = guard and cfg.mode != "no_projection"  # the ablation's drift stays visible
+    metrics_path = log_dir / "metrics.jsonl"
+    first, last, stop_reason = None, None, "max_steps"
+    with MetricsLog(metrics_path, append=resume_from is not None) as mlog:
+        while step < cfg.max_steps:
+            metrics, batch = trainer.step(gen)
+            step += 1
+            metrics["charts/peak_memory_mb"] = _peak_mb(device)
+            if guard and step % cfg.monitor_every == 0:
+                rep = drift_report(ranker, data, "valid", shield.param.detach(), reference=ref)
+                ndcg_drop = -rep.ndcg.diff / max(rep.ndcg.mean_a, 1e-12)
+                overlap = float(rep.overlap.float().mean())
+                metrics.update({"monitor/val_ndcg@10": rep.ndcg.mean_b, "monitor/val_ndcg@10_orig": rep.ndcg.mean_a,
+                                "monitor/ndcg_rel_drop": ndcg_drop, "monitor/ndcg_diff_se": rep.ndcg.se,
+                                "monitor/top10_overlap": overlap})
+                tripped = ndcg_drop > cfg.max_ndcg_drop or overlap < cfg.min_top10_overlap
+                if guard_active and tripped:
+                    metrics["monitor/guard_tripped"] = 1
+                    log.warning("drift guard at step %d: NDCG@10 drop %.3f (max %.3f), overlap %.3f (min %.3f): %s",
+                                step, ndcg_drop, cfg.max_ndcg_drop, overlap, cfg.min_top10_overlap, cfg.drift_action)
+                    if cfg.drift_action == "stop":
+                        stop_reason = "drift_guard"
+                    else:
+                        with torch.no_grad():
+                            shield.param.copy_(good_store)
+                elif not tripped:
+                    good_store = shield.param.detach().clone()
+            mlog.log(metrics, step)
+            first = first or metrics
+            last = metrics
+            log.info("step %d: reward %.4f ctr %.4f kl %.4f approx_kl %.2e clip %.3f vloss %.4f %.1fs | %s", step,
+                     metrics["env/reward"], metrics["env/ctr"], metrics["objective/kl"], metrics["losses/approx_kl"],
+                     metrics["losses/clip_frac"], metrics["losses/value"], metrics["charts/step_s"],
+                     " / ".join(batch.texts[:cfg.n_samples]))
+            save_now = step == cfg.max_steps or stop_reason != "max_steps" or \
+                (cfg.save_every > 0 and step % cfg.save_every == 0)
+            if save_now:
+                save_step(cfg, trainer, step, {"generator": gen.get_state(),
+                                               "good_store_delta": (good_store - shield.E0).cpu()}, started)
+            if stop_reason != "max_steps":
+                break
+    summary = {"steps": step, "stop_reason": stop_reason, "mode": cfg.mode, **shield_info,
+               "reward_first": first and first["env/reward"], "reward_last": last and last["env/reward"],
+               "kl_last": last and last["objective/kl"], "skipped_steps": trainer.skipped_steps,
+               "shield_s_total": round(trainer.shield_seconds, 4), "wall_s": round(time.time() - started, 2)}
+    if last is not None and "monitor/val_ndcg@10" in last:
+        summary.update(val_ndcg_last=last["monitor/val_ndcg@10"], val_ndcg_orig=last["monitor/val_ndcg@10_orig"],
+                       top10_overlap_last=last["monitor/top10_overlap"])
+    atomic.write_json(log_dir / "summary.json", summary)
+    log.info("done: %s", json.dumps(summary, default=str))
+    return summary
+
+
+def _peak_mb(device: torch.device) -> float:
+    from shielded_recrl.explainer.init_lora import peak_memory_mb
+
+    return round(peak_memory_mb(device), 1)
+
+
+def main(argv=None) -> dict:
+    return run(parse(argv))
+
+
+if __name__ == "__main__":
+    run_cli(main)
