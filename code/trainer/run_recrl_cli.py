@@ -24,7 +24,7 @@ from shielded_recrl.common import atomic, manifest
 from shielded_recrl.common.configs import parse_config, to_dict
 from shielded_recrl.common.device import resolve_device, resolve_dtype
 from shielded_recrl.common.errors import InputError, run_cli
-from shielded_recrl.common.logs import MetricsLog, setup_logging
+from shielded_recrl.common.logs import MetricsLog, read_metrics, setup_logging
 from shielded_recrl.common.paths import checkpoints_dir, logs_dir, resolve_user_path
 from shielded_recrl.common.seeding import rng_state, seed_everything, set_rng_state, torch_generator
 from shielded_recrl.dataset.processed import load_processed
@@ -238,7 +238,7 @@ def run(cfg: RecRLConfig, reward_fn=None) -> dict:
     ref = reference_scores(ranker, data, "valid") if guard else None
     guard_active = guard and cfg.mode != "no_projection"  # the ablation's drift stays visible
     metrics_path = log_dir / "metrics.jsonl"
-    first, last, stop_reason = None, None, "max_steps"
+    stop_reason = "max_steps"
     with MetricsLog(metrics_path, append=resume_from is not None) as mlog:
         while step < cfg.max_steps:
             metrics, batch = trainer.step(gen)
@@ -264,8 +264,6 @@ def run(cfg: RecRLConfig, reward_fn=None) -> dict:
                 elif not tripped:
                     good_store = shield.param.detach().clone()
             mlog.log(metrics, step)
-            first = first or metrics
-            last = metrics
             log.info("step %d: reward %.4f ctr %.4f kl %.4f approx_kl %.2e clip %.3f vloss %.4f %.1fs | %s", step,
                      metrics["env/reward"], metrics["env/ctr"], metrics["objective/kl"], metrics["losses/approx_kl"],
                      metrics["losses/clip_frac"], metrics["losses/value"], metrics["charts/step_s"],
@@ -277,13 +275,21 @@ def run(cfg: RecRLConfig, reward_fn=None) -> dict:
                                                "good_store_delta": (good_store - shield.E0).cpu()}, started)
             if stop_reason != "max_steps":
                 break
+    # The summary covers the whole run, resumed parts included: it is rebuilt from metrics.jsonl (one row
+    # per step; a step logged twice because a run died before its checkpoint keeps its last row).
+    rows = {r["step"]: r for r in read_metrics(metrics_path) if r.get("step") is not None} \
+        if metrics_path.exists() else {}
+    rows = [rows[k] for k in sorted(rows) if k <= step]
+    first, last = (rows[0], rows[-1]) if rows else (None, None)
     summary = {"steps": step, "stop_reason": stop_reason, "mode": cfg.mode, **shield_info,
                "reward_first": first and first["env/reward"], "reward_last": last and last["env/reward"],
                "kl_last": last and last["objective/kl"], "skipped_steps": trainer.skipped_steps,
                "shield_s_total": round(trainer.shield_seconds, 4), "wall_s": round(time.time() - started, 2)}
-    if last is not None and "monitor/val_ndcg@10" in last:
-        summary.update(val_ndcg_last=last["monitor/val_ndcg@10"], val_ndcg_orig=last["monitor/val_ndcg@10_orig"],
-                       top10_overlap_last=last["monitor/top10_overlap"])
+    monitored = [r for r in rows if "monitor/val_ndcg@10" in r]
+    if monitored:
+        m = monitored[-1]
+        summary.update(val_ndcg_last=m["monitor/val_ndcg@10"], val_ndcg_orig=m["monitor/val_ndcg@10_orig"],
+                       top10_overlap_last=m["monitor/top10_overlap"])
     atomic.write_json(log_dir / "summary.json", summary)
     log.info("done: %s", json.dumps(summary, default=str))
     return summary
