@@ -27,3 +27,17 @@ def resolve_dtype(name: str, device):
     if name not in table:
         raise ValueError(f"dtype must be auto|bf16|fp16|fp32, got {name!r}")
     return table[name]
+
+
+def prepare_runtime(*, seed: int, device: str = "auto", dtype: str = "auto", threads: int = 0):
+    """The start of every model stage, in one order: torch threads (``threads > 0``), seeds, then the
+    device and dtype. Returns ``(device, dtype)``."""
+    import torch
+
+    from .seeding import seed_everything
+
+    if threads > 0:
+        torch.set_num_threads(threads)
+    seed_everything(seed)
+    dev = resolve_device(device)
+    return dev, resolve_dtype(dtype, dev)

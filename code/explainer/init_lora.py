@@ -26,7 +26,7 @@ import torch
 
 from shielded_recrl.common import atomic, manifest
 from shielded_recrl.common.configs import parse_config, to_dict
-from shielded_recrl.common.device import resolve_device, resolve_dtype
+from shielded_recrl.common.device import prepare_runtime
 from shielded_recrl.common.errors import InputError, run_cli
 from shielded_recrl.common.logs import MetricsLog, setup_logging
 from shielded_recrl.common.paths import checkpoints_dir, logs_dir, resolve_user_path
@@ -166,11 +166,7 @@ def run(cfg: LoraInitConfig, force: bool = False) -> dict:
     log_dir = logs_dir() / cfg.dataset / STAGE
     setup_logging(log_dir / "train.log")
     log.info("config: %s", json.dumps(to_dict(cfg)))
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
-    seed_everything(cfg.seed)
-    device = resolve_device(cfg.device)
-    dtype = resolve_dtype(cfg.dtype, device)
+    device, dtype = prepare_runtime(seed=cfg.seed, device=cfg.device, dtype=cfg.dtype, threads=cfg.threads)
 
     data = load_processed(cfg.dataset)
     ranker, ranker_path = (None, None) if cfg.no_bridge else load_ranker_for(cfg, data)

@@ -22,11 +22,11 @@ import torch
 
 from shielded_recrl.common import atomic, manifest
 from shielded_recrl.common.configs import parse_config, to_dict
-from shielded_recrl.common.device import resolve_device, resolve_dtype
+from shielded_recrl.common.device import prepare_runtime
 from shielded_recrl.common.errors import InputError, run_cli
 from shielded_recrl.common.logs import MetricsLog, read_metrics, setup_logging
 from shielded_recrl.common.paths import checkpoints_dir, logs_dir, resolve_user_path
-from shielded_recrl.common.seeding import rng_state, seed_everything, set_rng_state, torch_generator
+from shielded_recrl.common.seeding import rng_state, set_rng_state, torch_generator
 from shielded_recrl.dataset.processed import load_processed
 from shielded_recrl.eval.ranking_drift import drift_report, reference_scores
 from shielded_recrl.explainer.checkpoint import load_explainer, read_info
@@ -178,11 +178,7 @@ def run(cfg: RecRLConfig, reward_fn=None) -> dict:
     log_dir = logs_dir() / cfg.dataset / cfg.tag
     setup_logging(log_dir / "train.log")
     log.info("config (mode %s): %s", cfg.mode, json.dumps(to_dict(cfg)))
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
-    seed_everything(cfg.seed)
-    device = resolve_device(cfg.device)
-    dtype = resolve_dtype(cfg.dtype, device)
+    device, dtype = prepare_runtime(seed=cfg.seed, device=cfg.device, dtype=cfg.dtype, threads=cfg.threads)
 
     data = load_processed(cfg.dataset)
     ranker_path = resolve_user_path(cfg.ranker_ckpt) if cfg.ranker_ckpt else checkpoints_dir() / f"sasrec_{cfg.dataset}.pt"
