@@ -189,10 +189,29 @@ def test_cli_end_to_end_tiny(ml100k_processed, tiny_dir, tmp_path, monkeypatch):
     assert summary["steps"] == 3
     rows = [json.loads(l) for l in (root / "logs" / "ml100k" / "t" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3]
+    assert json.loads((run_dir.parent / "latest").read_text()) == {"tag": "t", "step": 3, "folder": "t/step-000003"}
+    # resume equivalence: the same three steps without the interruption log the same numbers
+    run_recrl_cli.run(run_recrl_cli.parse(argv[:-6] + ["--max_steps", "3", "--tag", "full"]), reward_fn=reward)
+    full = [json.loads(l) for l in (root / "logs" / "ml100k" / "full" / "metrics.jsonl").read_text().splitlines()]
+    for key in ("env/reward", "objective/kl", "losses/policy", "losses/value", "losses/approx_kl",
+                "monitor/val_ndcg@10", "shield/leak_ratio"):
+        assert [r[key] for r in full] == pytest.approx([r[key] for r in rows], rel=1e-6, abs=1e-9), key
+    resumed = torch.load(run_dir / "step-000003" / "state.pt", weights_only=True)
+    straight = torch.load(run_dir.parent / "full" / "step-000003" / "state.pt", weights_only=True)
+    torch.testing.assert_close(resumed["store_delta"], straight["store_delta"])
     # the drift guard: an impossible overlap floor trips it at the first check
     summary = run_recrl_cli.run(run_recrl_cli.parse(argv[:-6] + ["--max_steps", "3", "--tag", "g", "--min_top10_overlap",
                                                                  "1.01", "--drift_action", "stop"]), reward_fn=reward)
     assert summary["stop_reason"] == "drift_guard" and summary["steps"] == 1
+    # rollback: every check trips, so each step's store update is undone and its AdamW moments dropped
+    summary = run_recrl_cli.run(run_recrl_cli.parse(argv[:-6] + ["--max_steps", "2", "--tag", "r", "--min_top10_overlap",
+                                                                 "1.01", "--drift_action", "rollback"]), reward_fn=reward)
+    state = torch.load(run_dir.parent / "r" / "step-000002" / "state.pt", weights_only=True)
+    assert summary["steps"] == 2 and float(state["store_delta"].abs().max()) == 0.0
+    store_group = state["optimizer"]["param_groups"][-1]["params"]
+    assert all(p not in state["optimizer"]["state"] for p in store_group)
+    with pytest.raises(InputError, match="latest"):
+        run_recrl_cli.parse(argv[:-6] + ["--tag", "latest"])
     with pytest.raises(InputError, match="LoRA rank"):
         run_recrl_cli.run(run_recrl_cli.parse(argv[:4] + ["--no_projection", "--lora_rank", "8", "--tag", "u"]))
 

@@ -243,6 +243,15 @@ class PPOTrainer:
                      texts)
 
     # --- update ----------------------------------------------------------------------------------
+    def restore_store(self, values: torch.Tensor) -> None:
+        """Set the store to ``values`` (the drift guard's rollback) and drop AdamW's moments for it, so the
+        next step does not replay the momentum that drove it off."""
+        if self.store is None:
+            return
+        with torch.no_grad():
+            self.store.copy_(values)
+        self.opt.state.pop(self.store, None)
+
     def _all_params(self) -> list[torch.Tensor]:
         return [p for g in self.opt.param_groups for p in g["params"]]
 

@@ -7,7 +7,8 @@
 Reads ``data/proc/<D>/``, the ranker, the warm start ``checkpoints/lora_init_<D>/`` and (shielded) the
 basis; writes ``logs/<D>/<tag>/`` (train.log, metrics.jsonl) and ``checkpoints/recrl/<D>/<tag>/step-XXXXXX/``
 (adapter, bridge, value head, store delta, optimizer, RNG, step, config, manifest) with a ``latest``
-pointer file (JSON). ``--resume auto`` continues from ``latest``.
+pointer file (JSON) per run, and ``checkpoints/recrl/<D>/latest`` naming the dataset's most recently saved
+checkpoint of any tag. ``--resume auto`` continues from the run's ``latest``.
 """
 
 from __future__ import annotations
@@ -58,6 +59,9 @@ def check(cfg: RecRLConfig) -> None:
     n_modes = sum([bool(cfg.projection_basis), cfg.no_projection, cfg.freeze_store])
     if n_modes != 1:
         raise InputError("command line", "a store mode", "none" if n_modes == 0 else "more than one", MODE_FIX)
+    if cfg.tag in ("", "latest", ".", "..") or "/" in cfg.tag or "\\" in cfg.tag:
+        raise InputError("--tag", "a folder name other than 'latest' (checkpoints/recrl/<D>/latest is a pointer)",
+                         repr(cfg.tag))
     if cfg.max_new_tokens > cfg.explanation_max_len:
         raise InputError("--max_new_tokens", f"at most --explanation_max_len ({cfg.explanation_max_len})",
                          str(cfg.max_new_tokens), "Lower --max_new_tokens or raise --explanation_max_len.")
@@ -129,6 +133,8 @@ def save_step(cfg: RecRLConfig, trainer: PPOTrainer, step: int, extra_state: dic
             rec["path"] = rec["path"].replace(tmp.name, out.name, 1)
         manifest.write(tmp, m)
     atomic.write_json(run_dir(cfg) / "latest", {"step": step, "folder": out.name})
+    # the dataset's most recent checkpoint of any run (the audit's --model_ckpt checkpoints/recrl/<D>/latest)
+    atomic.write_json(run_dir(cfg).parent / "latest", {"tag": cfg.tag, "step": step, "folder": f"{cfg.tag}/{out.name}"})
     return out
 
 
@@ -255,8 +261,7 @@ def run(cfg: RecRLConfig, reward_fn=None) -> dict:
                     if cfg.drift_action == "stop":
                         stop_reason = "drift_guard"
                     else:
-                        with torch.no_grad():
-                            shield.param.copy_(good_store)
+                        trainer.restore_store(good_store)
                 elif not tripped:
                     good_store = shield.param.detach().clone()
             mlog.log(metrics, step)
