@@ -177,3 +177,21 @@ def test_stage_scripts_run_three_ways(how, tmp_path):
 def test_no_sys_path_hacks_in_code():
     offenders = [p for p in (REPO / "code").rglob("*.py") if "sys.path" in p.read_text()]
     assert offenders == []
+
+
+def test_metrics_log_tensorboard_is_optional(tmp_path, monkeypatch):
+    """TensorBoard event files are written next to metrics.jsonl when tensorboard is installed; without it
+    the log still works (metrics.jsonl is the record)."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name, *a))
+    with MetricsLog(tmp_path / "a" / "m.jsonl", tensorboard=True) as log:
+        assert log.tb is None
+        log.log({"x": 1.0}, step=1)
+    monkeypatch.undo()
+    if real("tensorboard") is None:
+        pytest.skip("tensorboard not installed")
+    with MetricsLog(tmp_path / "b" / "m.jsonl", tensorboard=True) as log:
+        log.log({"env/reward": 0.5, "note": "text is skipped"}, step=1)
+    assert list((tmp_path / "b" / "tb").glob("events.out.tfevents.*"))

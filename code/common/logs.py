@@ -34,21 +34,44 @@ def get_logger() -> logging.Logger:
     return logging.getLogger("recrl")
 
 
-class MetricsLog:
-    """Append-only ``metrics.jsonl``: ``log({"train/loss": 0.3}, step=10)``. Flushed every line."""
+def tensorboard_writer(folder: str | os.PathLike):
+    """A TensorBoard ``SummaryWriter`` on ``folder`` when the ``tensorboard`` package is installed, else None
+    (it is optional: metrics.jsonl is the record)."""
+    import importlib.util
 
-    def __init__(self, path: str | os.PathLike, append: bool = False):
+    if importlib.util.find_spec("tensorboard") is None:
+        return None
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(log_dir=str(folder))
+
+
+class MetricsLog:
+    """Append-only ``metrics.jsonl``: ``log({"train/loss": 0.3}, step=10)``. Flushed every line.
+
+    With ``tensorboard=True`` the numeric values also go to TensorBoard event files in ``<folder>/tb/``
+    when the ``tensorboard`` package is installed.
+    """
+
+    def __init__(self, path: str | os.PathLike, append: bool = False, tensorboard: bool = False):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._f = open(self.path, "a" if append else "w")
+        self.tb = tensorboard_writer(self.path.parent / "tb") if tensorboard else None
 
     def log(self, metrics: dict[str, Any], step: int | None = None) -> None:
         row = {"time": round(time.time(), 3), "step": step, **metrics}
         self._f.write(json.dumps(row, default=float) + "\n")
         self._f.flush()
+        if self.tb is not None:
+            for k, v in metrics.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    self.tb.add_scalar(k, v, step)
 
     def close(self) -> None:
         self._f.close()
+        if self.tb is not None:
+            self.tb.close()
 
     def __enter__(self):
         return self

@@ -241,7 +241,7 @@ def run(cfg: RecRLConfig, reward_fn=None) -> dict:
     guard_active = guard and cfg.mode != "no_projection"  # the ablation's drift stays visible
     metrics_path = log_dir / "metrics.jsonl"
     stop_reason = "max_steps"
-    with MetricsLog(metrics_path, append=resume_from is not None) as mlog:
+    with MetricsLog(metrics_path, append=resume_from is not None, tensorboard=True) as mlog:
         while step < cfg.max_steps:
             metrics, batch = trainer.step(gen)
             step += 1
