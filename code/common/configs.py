@@ -18,7 +18,7 @@ from typing import Any, Sequence, TypeVar
 import yaml
 
 from .errors import InputError
-from .paths import resolve_user_path
+from .paths import resolve_user_path, shipped_file
 
 C = TypeVar("C")
 
@@ -122,7 +122,7 @@ def parse_config(cls: type[C], argv: Sequence[str] | None = None, description: s
     cfg = cls()
     dataset = given.get("dataset", getattr(cfg, "dataset", None))
     yaml_path = given.pop("config", None)
-    path = resolve_user_path(yaml_path or default_yaml) if (yaml_path or default_yaml) else None
+    path = resolve_user_path(yaml_path) if yaml_path else (shipped_file(default_yaml) if default_yaml else None)
     if path is not None and (yaml_path or path.exists()):
         cfg = merge_yaml(cls, cfg, load_yaml(path), path, dataset)
     names = {f.name for f in dataclasses.fields(cls)}

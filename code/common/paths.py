@@ -25,6 +25,19 @@ def repo_root() -> Path:
     return Path(__file__).resolve().parents[2]
 
 
+def source_root() -> Path:
+    """The checkout this code runs from (never ``RECRL_ROOT``): where the shipped configs live."""
+    return Path(__file__).resolve().parents[2]
+
+
+def shipped_file(rel: str | os.PathLike) -> Path:
+    """A shipped config/policy file (``experiments/*.yaml``, ``docs/policy_thresholds.yaml``) by its
+    root-relative path: the copy under ``RECRL_ROOT`` when there is one (a user's edited copy), else the
+    checkout's. So a data-only ``RECRL_ROOT`` keeps the shipped defaults."""
+    own = repo_root() / rel
+    return own if own.exists() else source_root() / rel
+
+
 def resolve_user_path(path: str | os.PathLike, root: Path | None = None) -> Path:
     p = Path(path).expanduser()
     if p.is_absolute():
@@ -33,6 +46,17 @@ def resolve_user_path(path: str | os.PathLike, root: Path | None = None) -> Path
     if text in (".", "..") or text.startswith(("./", "../", ".\\", "..\\")):
         return (Path.cwd() / p).resolve()
     return ((root or repo_root()) / p).resolve()
+
+
+def portable_path(path: str | os.PathLike, root: Path | None = None) -> str:
+    """``path`` as recorded in a checkpoint's config: relative to the repository root when it lies inside
+    it (so :func:`resolve_user_path` finds it again from any folder and after the checkout moves), else
+    absolute."""
+    p, base = Path(path).resolve(), (root or repo_root()).resolve()
+    try:
+        return str(p.relative_to(base))
+    except ValueError:
+        return str(p)
 
 
 def data_dir(root: Path | None = None) -> Path:

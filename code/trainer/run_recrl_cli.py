@@ -26,7 +26,7 @@ from shielded_recrl.common.configs import parse_config, to_dict
 from shielded_recrl.common.device import prepare_runtime
 from shielded_recrl.common.errors import InputError, run_cli
 from shielded_recrl.common.logs import MetricsLog, read_metrics, setup_logging
-from shielded_recrl.common.paths import checkpoints_dir, logs_dir, resolve_user_path
+from shielded_recrl.common.paths import checkpoints_dir, logs_dir, portable_path, resolve_user_path
 from shielded_recrl.common.seeding import rng_state, set_rng_state, torch_generator
 from shielded_recrl.dataset.processed import load_processed
 from shielded_recrl.eval.ranking_drift import drift_report, reference_scores
@@ -107,7 +107,10 @@ def run_dir(cfg: RecRLConfig) -> Path:
     return checkpoints_dir() / "recrl" / cfg.dataset / cfg.tag
 
 
-def save_step(cfg: RecRLConfig, trainer: PPOTrainer, step: int, extra_state: dict, started: float) -> Path:
+def save_step(cfg: RecRLConfig, trainer: PPOTrainer, step: int, extra_state: dict, started: float,
+              resolved: dict[str, str]) -> Path:
+    """``resolved``: the input paths as found (root-relative), recorded in config.json next to the flags as
+    typed, which may be relative to the folder the run was started from."""
     from safetensors.torch import save_file
 
     out = run_dir(cfg) / f"step-{step:06d}"
@@ -125,7 +128,7 @@ def save_step(cfg: RecRLConfig, trainer: PPOTrainer, step: int, extra_state: dic
         torch.save({"store_delta": (sh.param.detach() - sh.E0).cpu(), "optimizer": trainer.opt.state_dict(),
                     "rng": rng_state(), "step": step, "skipped_steps": trainer.skipped_steps, **extra_state},
                    tmp / "state.pt")
-        atomic.write_json(tmp / "config.json", to_dict(cfg))
+        atomic.write_json(tmp / "config.json", {**to_dict(cfg), "mode": cfg.mode, "resolved": resolved})
         outputs = {n: tmp / n for n in ("adapter", "value_head.safetensors", "state.pt", "config.json")}
         m = manifest.build(STAGE, config=to_dict(cfg), outputs=outputs, seed=cfg.seed, started=started,
                            extra={"step": step})
@@ -194,6 +197,9 @@ def run(cfg: RecRLConfig, reward_fn=None) -> dict:
     if cfg.lora_rank and cfg.lora_rank != warm_rank:
         raise InputError("--lora_rank", f"the warm start's LoRA rank ({warm_rank}, {ex_dir})", str(cfg.lora_rank),
                          f"Pass --lora_rank {warm_rank}, or re-run the warm start with --lora_rank {cfg.lora_rank}.")
+    resolved = {"ranker_ckpt": portable_path(ranker_path), "explainer_ckpt": portable_path(ex_dir)}
+    if cfg.projection_basis:
+        resolved["projection_basis"] = portable_path(resolve_user_path(cfg.projection_basis))
     ranker.to(device)
     shield, shield_info = make_shield(cfg, ranker, ranker_path)  # validates the basis before the LLM loads
     explainer, _ = load_explainer(ex_dir, items=data.items, ranker=ranker, device=device, dtype=dtype,
@@ -273,7 +279,8 @@ def run(cfg: RecRLConfig, reward_fn=None) -> dict:
                 (cfg.save_every > 0 and step % cfg.save_every == 0)
             if save_now:
                 save_step(cfg, trainer, step, {"generator": gen.get_state(),
-                                               "good_store_delta": (good_store - shield.E0).cpu()}, started)
+                                               "good_store_delta": (good_store - shield.E0).cpu()}, started,
+                          resolved)
             if stop_reason != "max_steps":
                 break
     # The summary covers the whole run, resumed parts included: it is rebuilt from metrics.jsonl (one row
