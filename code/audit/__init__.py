@@ -1,1 +1,2 @@
-"""Audit stage: toxicity, bias and privacy audits (not built yet; see README, Known limits)."""
+"""Audit stage: toxicity, bias and privacy audits of generated explanations against docs/policy_thresholds.yaml
+(docs/audit.md)."""
