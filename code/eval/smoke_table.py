@@ -12,8 +12,9 @@ import argparse
 import json
 from pathlib import Path
 
-from shielded_recrl.common.paths import checkpoints_dir, logs_dir, proc_dir
+from shielded_recrl.common.paths import checkpoints_dir, logs_dir, proc_dir, repo_root
 
+TAGS = ("shielded", "no_projection", "frozen")  # the smoke run's PPO runs
 PROTOCOLS = {
     "full_masked": "full ranking, seen items masked (primary)",
     "full_unmasked": "full ranking, nothing masked (RecBole's protocol)",
@@ -71,7 +72,7 @@ def main(argv=None) -> None:
     else:
         print("\nprojection basis: missing")
 
-    runs = [(tag, _load(logs_dir() / d / tag / "summary.json")) for tag in ("shielded", "no_projection", "frozen")]
+    runs = [(tag, _load(logs_dir() / d / tag / "summary.json")) for tag in TAGS]
     runs = [(tag, r) for tag, r in runs if r]
     if runs:
         print("\nShielded PPO (smoke config): simulated reward = expected click σ(αz + βq + ζ_u), mean over the "
@@ -86,6 +87,35 @@ def main(argv=None) -> None:
             print(f"| {tag} | {r['steps']} | {r['reward_first']:.3f} → {r['reward_last']:.3f} | "
                   f"{r['kl_last']:.2f} | {ndcg} | {overlap} |")
         print("(a 2-step smoke run measures plumbing, not learning: the reward change is within noise)")
+
+    evals = [(tag, _load(logs_dir() / d / tag / "eval.json")) for tag in TAGS]
+    evals = [(tag, e) for tag, e in evals if e]
+    if evals:
+        n = evals[0][1]["n_users"]
+        print("\nevaluation (test split): ranking of all users with the run's store vs the original, NDCG@10 full "
+              "ranking seen masked, Δ ± paired SE;\n"
+              f"explanations of {n} seeded test users: BLEU-4 / ROUGE-L against template references (0–1); "
+              "CTR = simulated click probability on a slate item, lift in points over the warm start")
+        print("| system | NDCG@10 orig → run (Δ ± SE) | top-10 overlap | BLEU-4 | ROUGE-L | halluc. | CTR | lift (pp) | audit |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for tag, e in evals:
+            r = e["ranking"]
+            k = "full_masked/ndcg@10"
+            m = e["systems"]["recrl"]
+            audit = _load(logs_dir() / d / tag / "audit.json")
+            verdict = audit["verdict"] if audit else "not audited"
+            print(f"| {tag} | {r['orig'][k]:.4f} → {r['run'][k]:.4f} ({r['diff'][k]:+.4f} ± {r['diff_se'][k]:.4f}) | "
+                  f"{r['top10_overlap']:.3f} | {m['bleu4']:.3f} | {m['rougeL']:.3f} | {m['hallucination_rate']:.2f} | "
+                  f"{m['ctr']:.4f} | {e['ctr_lift_pp'].get('recrl', float('nan')):+.2f} | {verdict} |")
+        for system, m in evals[0][1]["systems"].items():
+            if system != "recrl":
+                print(f"| {system} | – | – | {m['bleu4']:.3f} | {m['rougeL']:.3f} | {m['hallucination_rate']:.2f} | "
+                      f"{m['ctr']:.4f} | {evals[0][1]['ctr_lift_pp'].get(system, float('nan')):+.2f} | – |")
+        report = _load(repo_root() / "docs" / f"safety_report_{d}.json")
+        if report:
+            failed = [c for c, v in report.get("checks", {}).items() if v.get("status") == "fail"]
+            print(f"safety audit ({report.get('run', {}).get('tag', '?')}): {report['verdict']}"
+                  + (f" — failed: {', '.join(failed)}" if failed else "") + f" (docs/safety_report_{d}.md)")
 
     if args.times and Path(args.times).exists():
         rows = [line.split("\t") for line in Path(args.times).read_text().splitlines() if line.strip()]
