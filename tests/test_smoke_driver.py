@@ -63,3 +63,21 @@ def test_smoke_driver_ci_profile(tmp_path, smollm2_dir):
     assert frozen["ranking"]["top10_overlap"] == 1.0  # the frozen store is the original one
     assert "evaluation (test split)" in out.stdout and "wall time per stage" in out.stdout
 
+
+
+def test_shipped_stage_yamls_match_their_configs():
+    """Every shipped YAML the drivers pass merges into its stage's config (unknown keys are errors)."""
+    import yaml
+
+    from shielded_recrl.common.configs import merge_yaml
+    from shielded_recrl.eval.evaluate_run import EvalConfig
+    from shielded_recrl.explainer.init_lora import LoraInitConfig
+    from shielded_recrl.ranker.training import SASRecTrainConfig
+
+    for cls, names in ((SASRecTrainConfig, ("sasrec.yaml", "smoke_ci/sasrec.yaml")),
+                       (LoraInitConfig, ("explainer.yaml", "explainer_full.yaml", "smoke_ci/explainer.yaml")),
+                       (EvalConfig, ("eval.yaml", "smoke_ci/eval.yaml"))):
+        for name in names:
+            path = REPO / "experiments" / name
+            for dataset in ("ml100k", "books"):
+                merge_yaml(cls, cls(), yaml.safe_load(path.read_text()), path, dataset)

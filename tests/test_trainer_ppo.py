@@ -225,8 +225,9 @@ def test_shipped_yaml_and_seed_command_line_parse():
     from shielded_recrl.trainer import run_recrl_cli
     from shielded_recrl.trainer.config import RecRLConfig
 
-    path = REPO / "experiments" / "recrl_default.yaml"
-    merge_yaml(RecRLConfig, RecRLConfig(), yaml.safe_load(path.read_text()), path, "ml100k")
+    for name in ("recrl_default.yaml", "recrl_full.yaml", "smoke_ci/recrl.yaml"):
+        path = REPO / "experiments" / name
+        merge_yaml(RecRLConfig, RecRLConfig(), yaml.safe_load(path.read_text()), path, "ml100k")
     cfg = run_recrl_cli.parse(["--dataset", "books", "--ranker_ckpt", "../../checkpoints/sasrec_books.pt",
                                "--projection_basis", "../../checkpoints/basis_books.pt", "--lora_rank", "16",
                                "--kl_beta", "0.05", "--micro_batch_size", "4", "--grad_accum", "2",
