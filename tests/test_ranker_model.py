@@ -53,3 +53,21 @@ def test_checkpoint_weights_only_roundtrip_and_id_map_refusal(tmp_path):
     assert "aaaa1111" in str(err.value) and "bbbb2222" in str(err.value) and str(path) in str(err.value)
     with pytest.raises(InputError, match="no such file"):
         load_ranker(tmp_path / "missing.pt")
+
+
+def test_item_embedding_scale_flag_and_checkpoints_written_before_it(tmp_path):
+    from shielded_recrl.ranker.training import SASRecTrainConfig
+    on, off = _model(seed=4), _model(seed=4, scale_item_emb=False)
+    off.load_state_dict(on.state_dict())  # same weights: only the input scale differs
+    seqs = torch.tensor([[0, 0, 3, 7, 1, 9, 4, 2]])
+    with torch.no_grad():
+        assert not torch.allclose(on(seqs), off(seqs))
+    assert SASRecTrainConfig(scale_item_emb=False).model_config(30).scale_item_emb is False
+    # a checkpoint saved before the flag existed has no such key: it must load with sqrt(d) scaling on
+    path = save_ranker(tmp_path / "old.pt", on)
+    raw = torch.load(path, weights_only=True)
+    del raw["model_config"]["scale_item_emb"]
+    torch.save(raw, path)
+    loaded, _ = load_ranker(path)
+    with torch.no_grad():
+        assert loaded.cfg.scale_item_emb and torch.equal(loaded(seqs), on(seqs))

@@ -10,8 +10,16 @@ NOTE: departures from the paper, each a common choice in later re-implementation
   does; their PyTorch port lets real positions attend to padding). On ML-100K this gave validation
   NDCG@10 0.1204 vs 0.1194 and test 0.1106 vs 0.1036 (full ranking, seen masked; one seed each).
 - GELU in the point-wise feed-forward (the paper uses ReLU); `activation="relu"` restores it.
-- the default loss (see ``losses.py``) is full-softmax cross-entropy over all items rather than the
-  paper's BCE with one sampled negative, which stays available as an option.
+- ``scale_item_emb`` (default on, as in the authors' code) multiplies the input item embedding by
+  sqrt(d). With our N(0, 0.02) init for items and positions alike, the item's identity starts at 8x
+  the position signal in the residual stream, and the trained model scores the history's own items
+  highly: the last input item sat in the unmasked top 10 for 85% of ML-100K validation users (58% with
+  the scale off). Off (plain ``e_i + p_t``, as RecBole does), ML-100K validation NDCG@10 rose in each
+  of seeds 0-2, mean full ranking seen masked 0.1163 -> 0.1217 and unmasked 0.0569 -> 0.0657;
+  ``experiments/sasrec.yaml`` turns it off there. The default stays on so that checkpoints saved
+  before the flag existed load unchanged.
+- the default loss (``sequence_loss`` in ``training.py``) is full-softmax cross-entropy over all items
+  rather than the paper's BCE with one sampled negative, which stays available as an option.
 The model takes its device from its inputs.
 """
 
@@ -35,6 +43,7 @@ class SASRecConfig:
     max_len: int = 50
     activation: str = "gelu"
     mask_padding_keys: bool = True  # attend to real items only (the paper's TF code); False: pad keys too
+    scale_item_emb: bool = True  # input item embedding × sqrt(hidden) (the authors' code); see NOTE above
 
 
 class CausalSelfAttention(nn.Module):
@@ -107,7 +116,10 @@ class SASRec(nn.Module):
         L = seqs.shape[1]
         keep = (seqs > 0).unsqueeze(-1).to(E.dtype)
         pos = torch.arange(L, device=seqs.device)
-        x = F.embedding(seqs, E) * math.sqrt(self.cfg.hidden) + self.pos_emb(pos)  # sqrt(d) as in the paper's code
+        x = F.embedding(seqs, E)
+        if self.cfg.scale_item_emb:
+            x = x * math.sqrt(self.cfg.hidden)  # sqrt(d) as in the paper's code
+        x = x + self.pos_emb(pos)
         x = self.emb_drop(x) * keep
         attn_mask = None
         if self.cfg.mask_padding_keys:

@@ -45,6 +45,8 @@ class SASRecTrainConfig:
     max_len: int = dataclasses.field(default=50, metadata={"help": "window / history length"})
     activation: str = dataclasses.field(default="gelu", metadata={"choices": ["gelu", "relu"]})
     mask_padding_keys: bool = dataclasses.field(default=True, metadata={"help": "hide padding keys in attention"})
+    scale_item_emb: bool = dataclasses.field(default=True, metadata={
+        "help": "input item embedding x sqrt(hidden), as the authors' code (--no-scale_item_emb: off)"})
     # optimisation
     loss: str = dataclasses.field(default="ce", metadata={
         "choices": ["ce", "bce"], "help": "ce: softmax over all items at every position; bce: paper, 1 negative"})
@@ -64,7 +66,7 @@ class SASRecTrainConfig:
     def model_config(self, n_items: int) -> SASRecConfig:
         return SASRecConfig(n_items=n_items, hidden=self.hidden, n_layers=self.n_layers, n_heads=self.n_heads,
                             dropout=self.dropout, max_len=self.max_len, activation=self.activation,
-                            mask_padding_keys=self.mask_padding_keys)
+                            mask_padding_keys=self.mask_padding_keys, scale_item_emb=self.scale_item_emb)
 
 
 def sequence_loss(model: SASRec, inputs: torch.Tensor, targets: torch.Tensor, loss: str,
