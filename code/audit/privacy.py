@@ -22,7 +22,7 @@ import dataclasses
 import re
 from typing import Iterable, Sequence
 
-from ..trainer.quality import _SENT_START, PII_PATTERNS, TitleIndex
+from ..trainer.quality import PII_PATTERNS, TitleIndex
 
 # User identifiers ("user 123", "user_id=7", "User #12", "uid 5") and US ZIP codes (5 digits, optional
 # +4). Years such as "(1995)" have 4 digits, so they can never match the ZIP pattern.
@@ -47,17 +47,8 @@ def pii_findings(text: str) -> list[tuple[str, str]]:
 
 
 def named_titles(titles: TitleIndex, text: str) -> list[tuple[int, int, set[int]]]:
-    """(start, end, item ids) of the catalogue titles named in ``text``, with :meth:`TitleIndex.find`'s rule
-    that a one-word title does not count as a sentence's first word."""
-    out = []
-    if titles.pattern is None:
-        return out
-    for m in titles.pattern.finditer(text):
-        key = m.group(0).lower()
-        if len(key.split()) == 1 and _SENT_START.search(text[:m.start()]):
-            continue
-        out.append((m.start(), m.end(), titles.ids_of[key]))
-    return out
+    """(start, end, item ids) of the catalogue titles named in ``text`` (:meth:`TitleIndex.named_spans`)."""
+    return titles.named_spans(text)
 
 
 def cross_user_items(named: Iterable[set[int]], context: set[int], others: set[int]) -> list[int]:

@@ -154,18 +154,25 @@ class TitleIndex:
         alts.sort(key=len, reverse=True)  # the longest alternative first → the longest title wins
         self.pattern = re.compile(r"(?<![\w])(?:" + "|".join(alts) + r")(?![\w])") if alts else None
 
-    def find(self, text: str) -> tuple[list[set[int]], list[str], str]:
-        """(item-id sets of the catalogue titles named, title-like spans naming no catalogue title, the
-        text with each named title replaced by "the film" — what toxicity is measured on, since
-        titles such as "Liar Liar" or "Mother" alone push the toxicity classifier up to 0.9)."""
-        named, spans = [], []
+    def named_spans(self, text: str) -> list[tuple[int, int, set[int]]]:
+        """(start, end, item ids) of every catalogue title named in ``text``, in order (a one-word title
+        does not count as a sentence's first word)."""
+        out = []
         if self.pattern is not None:
             for m in self.pattern.finditer(text):
                 key = m.group(0).lower()
                 if len(key.split()) == 1 and _SENT_START.search(text[:m.start()]):
                     continue
-                named.append(self.ids_of[key])
-                spans.append((m.start(), m.end()))
+                out.append((m.start(), m.end(), self.ids_of[key]))
+        return out
+
+    def find(self, text: str) -> tuple[list[set[int]], list[str], str]:
+        """(item-id sets of the catalogue titles named, title-like spans naming no catalogue title, the
+        text with each named title replaced by "the film" — what toxicity is measured on, since
+        titles such as "Liar Liar" or "Mother" alone push the toxicity classifier up to 0.9)."""
+        found = self.named_spans(text)
+        named = [ids for _, _, ids in found]
+        spans = [(a, b) for a, b, _ in found]
         chars = list(text)
         for a, b in spans:
             chars[a:b] = ["#"] * (b - a)  # named titles cannot be part of an unknown span
