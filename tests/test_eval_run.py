@@ -131,3 +131,18 @@ def test_audit_and_aggregate_on_evaluated_runs(runs, monkeypatch):
     assert rows["shielded"]["status"].startswith("partial")  # not audited
     assert rows["no_projection"]["status"] == "missing"
     assert float(rows["frozen"]["full_masked/ndcg@10/diff"]) == 0.0
+    # the seed's per-stage folders: the entry scripts run from code/eval and code/audit too
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "RECRL_ROOT": str(runs), "OMP_NUM_THREADS": "1"}
+    code = Path(__file__).resolve().parents[1] / "code"
+    out = subprocess.run([sys.executable, "evaluate_run.py", *EVAL, "--tag", "frozen"], cwd=code / "eval", env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "complete" in out.stderr, out.stderr[-2000:]
+    out = subprocess.run([sys.executable, "run_audit.py", "--model_ckpt", "checkpoints/recrl/ml100k/shielded/latest",
+                          "--no_fail", "--out_dir", "logs/ml100k/shielded"], cwd=code / "audit", env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads((runs / "logs" / "ml100k" / "shielded" / "audit.json").read_text())["run"]["tag"] == "shielded"

@@ -242,11 +242,10 @@ def run(cfg: EvalConfig, force: bool = False) -> dict:
               "ranker": ranker_path, "warm_start": warm_dir / "manifest.json"}
     man_path = out_dir / "eval.manifest.json"
     config = {**to_dict(cfg), "checkpoint": folder.name}
+    setup_logging(out_dir / "eval.log")
     if not force and manifest.is_complete(man_path, STAGE, config, inputs, ignore=("threads", "device")):
         log.info("evaluation of %s is complete (%s); --force to redo", folder, man_path)
         return json.loads((out_dir / "eval.json").read_text())
-
-    setup_logging(out_dir / "eval.log")
     device, dtype = prepare_runtime(seed=cfg.seed, device=cfg.device, dtype=cfg.dtype, threads=cfg.threads)
     data = load_processed(cfg.dataset)
     ranker, _ = load_ranker(ranker_path, expect_id_map=data.id_map_sha256)
