@@ -234,3 +234,18 @@ def test_shipped_yaml_and_seed_command_line_parse():
                                "--max_seq_len_explainer", "384", "--explanation_max_len", "160",
                                "--max_steps", "20000", "--tag", "shielded"])
     assert cfg.mode == "shielded" and cfg.explanation_max_len == 160 and cfg.max_steps == 20000
+
+
+def test_ppo_settings_take_every_shared_flag():
+    """Each PPOSettings field the command line exposes reaches the PPO loop (e.g. --kl_beta 0.0)."""
+    import dataclasses
+
+    from shielded_recrl.trainer import run_recrl_cli
+    from shielded_recrl.trainer.config import RecRLConfig
+
+    cfg = run_recrl_cli.parse(["--no_projection", "--kl_beta", "0.0", "--ppo_batch", "16", "--top_p", "0.9",
+                               "--gamma", "0.99", "--config", str(REPO / "experiments" / "recrl_default.yaml")])
+    s = run_recrl_cli.ppo_settings(cfg)
+    shared = {f.name for f in dataclasses.fields(RecRLConfig)} & {f.name for f in dataclasses.fields(PPOSettings)}
+    assert len(shared) == 15 and all(getattr(s, n) == getattr(cfg, n) for n in shared)
+    assert (s.kl_beta, s.ppo_batch, s.top_p, s.gamma) == (0.0, 16, 0.9, 0.99)

@@ -80,6 +80,13 @@ def make_shield(cfg: RecRLConfig, ranker, ranker_path: Path) -> tuple[Shield, di
     return Shield(E, None, ShieldConfig(mode=cfg.mode, trust_radius=rho)), {"trust_radius": rho}
 
 
+def ppo_settings(cfg: RecRLConfig) -> PPOSettings:
+    """The PPO loop's settings: every :class:`PPOSettings` field the command line exposes, by name (the
+    rest keep PPOSettings' defaults)."""
+    names = {f.name for f in dataclasses.fields(RecRLConfig)}
+    return PPOSettings(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(PPOSettings) if f.name in names})
+
+
 def make_pair_sampler(sim: UserSimulator, histories):
     """(n, generator) → users, items, examples: a user, and one item drawn uniformly from their slate."""
 
@@ -223,11 +230,7 @@ def run(cfg: RecRLConfig, reward_fn=None) -> dict:
         quality = None
     sim = UserSimulator(scores, histories, quality, SimulatorConfig(slate_size=cfg.slate_size, reward=cfg.sim_reward,
                                                                     z_over=cfg.z_over, seed=cfg.seed))
-    settings = PPOSettings(ppo_batch=cfg.ppo_batch, sim_batch=cfg.sim_batch, epochs=cfg.epochs,
-                           micro_batch_size=cfg.micro_batch_size, grad_accum=cfg.grad_accum, lr=cfg.lr,
-                           store_lr=cfg.store_lr, kl_beta=cfg.kl_beta, gamma=cfg.gamma, lam=cfg.lam, clip=cfg.clip,
-                           grad_clip=cfg.grad_clip, max_new_tokens=cfg.max_new_tokens,
-                           temperature=cfg.temperature, top_p=cfg.top_p)
+    settings = ppo_settings(cfg)
     trainer = PPOTrainer(explainer, shield, settings, make_pair_sampler(sim, histories),
                          reward_fn or simulator_reward(sim),
                          ValueHead(explainer.model.config.hidden_size, settings.value_hidden))
