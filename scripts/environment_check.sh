@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# What this machine has for Shielded RecRL: versions, CUDA, disk, memory, and which offline assets and
-# stage outputs are present. Informative only: always exits 0.
-#   bash scripts/environment_check.sh
+# What this machine has for Shielded RecRL: versions, CUDA, disk, memory, which offline assets are present,
+# and for each stage output either where it is or "not yet run: <the command that makes it>".
+# Informative only: always exits 0.
+#   bash scripts/environment_check.sh      (or, from the repository root, bash environment_check.sh)
 # Uses the project's venv (RECRL_VENV, default <repo>/.venv), else python3 on PATH; data under RECRL_ROOT.
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -80,19 +81,57 @@ list() {  # list LABEL GLOB...
 }
 list "recbole wheel (offline ML-100K)" "$DATA_ROOT"/data/_wheels/recbole-1.2.1-*.whl
 list "converted model cache" "$DATA_ROOT"/data/_cache/models/*
-echo "== data and stage outputs"
+echo "== data and stage outputs (each stage: where its output is, or the command that makes it)"
+echo "(every stage at once on the offline default: bash scripts/run_local_smoke.sh)"
 list "raw" "$DATA_ROOT"/data/raw/*
-for d in "$DATA_ROOT"/data/proc/*/; do
-  d="${d%/}"
-  if [ -f "$d/manifest.json" ]; then state="manifest present"; else state="NO manifest (incomplete)"; fi
-  echo "processed: ${d#"$DATA_ROOT"/} ($state)"
+rel() { echo "${1#"$DATA_ROOT"/}"; }
+have() {  # have LABEL PATH COMMAND: a file, or a folder whose manifest.json marks it complete
+  local label="$1" path="$2" cmd="$3"
+  if [ -f "$path" ]; then
+    echo "$label: $(rel "$path") ($(du -sh "$path" 2>/dev/null | cut -f1))"
+  elif [ -d "$path" ] && [ -f "$path/manifest.json" ]; then
+    echo "$label: $(rel "$path")/ ($(du -sh "$path" 2>/dev/null | cut -f1))"
+  elif [ -d "$path" ]; then
+    echo "$label: $(rel "$path")/ is incomplete (no manifest.json); re-run: $cmd"
+  else
+    echo "$label: not yet run: $cmd"
+  fi
+}
+# The datasets to report: the offline default, and any other with data or outputs under DATA_ROOT.
+datasets="ml100k"
+for p in "$DATA_ROOT"/data/raw/*/ "$DATA_ROOT"/data/proc/*/ "$DATA_ROOT"/checkpoints/recrl/*/ \
+         "$DATA_ROOT"/checkpoints/sasrec_*.pt "$DATA_ROOT"/checkpoints/lora_init_*/; do
+  d="$(basename "${p%/}")"; d="${d#sasrec_}"; d="${d%.pt}"; d="${d#lora_init_}"
+  case " $datasets " in *" $d "*) ;; *) datasets="$datasets $d" ;; esac
 done
-list "checkpoint" "$DATA_ROOT"/checkpoints/*.pt "$DATA_ROOT"/checkpoints/lora_init_*
-for run in "$DATA_ROOT"/checkpoints/recrl/*/*/; do
-  run="${run%/}"
-  if [ -f "$run/latest" ]; then latest="latest $(tr -d ' \n' < "$run/latest")"; else latest="no latest pointer"; fi
-  echo "ppo run: ${run#"$DATA_ROOT"/} ($latest)"
+for D in $datasets; do
+  C="$DATA_ROOT/checkpoints"
+  have "processed data [$D]" "$DATA_ROOT/data/proc/$D" \
+    "python code/dataset/download.py --dataset $D && python code/dataset/make_splits.py --dataset $D"
+  have "ranker checkpoint [$D]" "$C/sasrec_$D.pt" "python code/ranker/train_sasrec.py --dataset $D"
+  have "basis [$D]" "$C/basis_$D.pt" "python code/projection/run_basis.py --dataset $D --proj_dir ."
+  have "warm start [$D]" "$C/lora_init_$D" "python code/explainer/init_lora.py --dataset $D"
+  runs=("$C"/recrl/"$D"/*/)
+  if [ ${#runs[@]} -eq 0 ]; then
+    echo "PPO run [$D]: not yet run: python code/trainer/run_recrl_cli.py --dataset $D" \
+         "--ranker_ckpt checkpoints/sasrec_$D.pt --projection_basis checkpoints/basis_$D.pt --tag shielded"
+    tags="shielded"
+  else
+    tags=""
+    for run in "${runs[@]}"; do
+      run="${run%/}"; T="$(basename "$run")"; tags="$tags $T"
+      if [ -f "$run/latest" ]; then latest="latest $(tr -d ' \n' < "$run/latest")"; else latest="no latest pointer"; fi
+      echo "PPO run [$D/$T]: $(rel "$run")/ ($latest)"
+    done
+  fi
+  for T in $tags; do
+    have "eval [$D/$T]" "$DATA_ROOT/logs/$D/$T/eval.json" "python code/eval/evaluate_run.py --dataset $D --tag $T"
+    have "audit [$D/$T]" "$DATA_ROOT/logs/$D/$T/audit.json" \
+      "python code/audit/run_audit.py --model_ckpt checkpoints/recrl/$D/$T/latest"
+  done
 done
+have "aggregate" "$DATA_ROOT/experiments/aggregate_results.csv" \
+  "python code/eval/aggregate_main.py --runs_dir logs --out_csv experiments/aggregate_results.csv --out_dir experiments/figs"
 kaggle_token() {  # a Kaggle API token in the file or the variables the kaggle CLI reads
   [ -f "${KAGGLE_CONFIG_DIR:-$HOME/.kaggle}/kaggle.json" ] && return 0
   [ -n "${KAGGLE_USERNAME:-}" ] && [ -n "${KAGGLE_KEY:-}" ]

@@ -3,6 +3,7 @@
     python scripts/gpu_test.py               # exit 1 when no usable CUDA GPU, or a GPU check fails
     python scripts/gpu_test.py --allow_cpu   # on a CPU-only machine: say so, run the CPU checks, exit 0
     python scripts/gpu_test.py --skip_lora   # leave out the LoRA forward/backward
+    python gpu_test.py [flags]               # the same from the repository root (the seed README's command)
 
 Checks, on every visible GPU's first device: name, memory, compute capability; bf16 and fp16 matmuls;
 bitsandbytes import and an int8 ``Linear8bitLt`` forward (what ``--int8`` uses); a matmul timing; a LoRA
@@ -17,6 +18,11 @@ import sys
 import time
 
 import torch
+
+try:  # importing the project installs its filter for bitsandbytes' misleading CPU notice (common/quiet.py),
+    import shielded_recrl.common  # noqa: F401 - which peft's import of bitsandbytes would print on CPU
+except ImportError:  # the check also runs where the project is not installed (yet)
+    pass
 
 
 def lora_check(device: torch.device, dtype: torch.dtype = torch.float32) -> dict:

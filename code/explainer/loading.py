@@ -164,7 +164,12 @@ def resolve_model(name: str) -> ModelRef:
 
 
 def _quantization(quant: str, device: torch.device):
-    """A BitsAndBytesConfig for int8/4bit on CUDA; None (with a warning) where that is impossible."""
+    """A BitsAndBytesConfig for int8/4bit on CUDA; None (with a warning) where that is impossible.
+
+    bitsandbytes is only looked up here (``find_spec``), never imported: transformers imports it itself
+    for a quantized CUDA load. peft imports it regardless of quantization, on every device; the one
+    misleading line that import logs on CPU is filtered in ``common/quiet.py``.
+    """
     if quant in ("none", "", None):
         return None
     if quant not in ("int8", "4bit"):
