@@ -79,13 +79,14 @@ def read_info(folder: str | os.PathLike) -> dict:
 
 def load_explainer(folder: str | os.PathLike, *, items, ranker=None, device="cpu", dtype=torch.float32,
                    quant: str = "none", trainable: bool = False, expect_id_map: str | None = None,
-                   ranker_sha256: str | None = None, store_grad: bool = False) -> tuple[Explainer, dict]:
+                   ranker_sha256: str | None = None) -> tuple[Explainer, dict]:
     """Rebuild the explainer from a checkpoint folder → (Explainer, explainer.json).
 
     ``items``: the dataset's items DataFrame (prompt text). ``ranker``: the SASRec the bridge reads (needed
     unless the checkpoint has no bridge); ``ranker_sha256`` (of its checkpoint file) must match the one the
     warm start used, and ``expect_id_map`` the processed data's id map. ``trainable``: LoRA and bridge
-    weights require grad (PPO continues from them).
+    weights require grad (PPO continues from them). The store ``E`` is loaded frozen; whether it receives
+    gradients is the shield's decision (:meth:`Explainer.set_store_grad`, called by the PPO trainer).
     """
     from peft import PeftModel
     from safetensors.torch import load_file
@@ -120,7 +121,7 @@ def load_explainer(folder: str | os.PathLike, *, items, ranker=None, device="cpu
         bridge.load_state_dict(load_file(folder / "bridge.safetensors"))
         bridge.to(device)
         bridge.requires_grad_(trainable)
-        freeze_ranker(ranker, store_trainable=store_grad)
+        freeze_ranker(ranker)
     settings = PromptSettings(**info["prompt"])
     model.eval()
-    return Explainer(model, tok, ItemCatalog(items), settings, bridge, ranker, store_grad), info
+    return Explainer(model, tok, ItemCatalog(items), settings, bridge, ranker), info

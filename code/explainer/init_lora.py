@@ -46,7 +46,11 @@ log = logging.getLogger("recrl")
 
 
 @dataclasses.dataclass
-class LoraInitConfig:
+class LoraInitConfig(SFTSettings):
+    """The warm-start stage's config: the optimisation settings (micro_batch_size, grad_accum, lr,
+    weight_decay, warmup_steps, max_steps, epochs, eval_every, patience, grad_clip, seed) are inherited
+    from :class:`SFTSettings`, where they are declared once; the fields below are the stage's own."""
+
     dataset: str = dataclasses.field(default="ml100k", metadata={"help": "ml100k | ml25m | steam | books"})
     model: str = dataclasses.field(default=OFFLINE_ALIAS, metadata={
         "help": f"{OFFLINE_ALIAS} | hub id | model folder | .gguf file"})
@@ -75,21 +79,9 @@ class LoraInitConfig:
     val_users_fraction: float = 0.1
     max_train_examples: int = dataclasses.field(default=0, metadata={"help": "0: all"})
     max_val_examples: int = dataclasses.field(default=0, metadata={"help": "0: all"})
-    # optimisation
-    micro_batch_size: int = 4
-    grad_accum: int = 4
-    lr: float = 2e-4
-    weight_decay: float = 0.0
-    warmup_steps: int = 10
-    max_steps: int = dataclasses.field(default=0, metadata={"help": "optimizer steps (0: epochs)"})
-    epochs: int = 1
-    eval_every: int = 50
-    patience: int = 3
-    grad_clip: float = 1.0
     # report
     n_samples: int = dataclasses.field(default=3, metadata={"help": "validation explanations logged before/after"})
     max_new_tokens: int = 48
-    seed: int = 0
     threads: int = dataclasses.field(default=0, metadata={"help": "torch CPU threads (0: torch's default)"})
 
     def __post_init__(self):
@@ -111,6 +103,11 @@ def parse(argv=None) -> tuple[LoraInitConfig, object]:
     if ns._int8 or ns._4bit:
         cfg = dataclasses.replace(cfg, quant="int8" if ns._int8 else "4bit")
     return cfg, ns
+
+
+def sft_settings(cfg: LoraInitConfig) -> SFTSettings:
+    """The library's settings, field by field from the stage config (which inherits every one of them)."""
+    return SFTSettings(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(SFTSettings)})
 
 
 def split_users(n_users: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -155,7 +152,7 @@ def sample_explanations(explainer: Explainer, examples, max_new_tokens: int) -> 
     prep = explainer.prepare(examples)
     with torch.no_grad():
         out = generate(explainer.model, explainer.tok, explainer.embed(prep), prep.prompts.mask,
-                       max_new_tokens=max_new_tokens, do_sample=False)
+                       max_new_tokens=max_new_tokens, do_sample=False, score=False)
     return [{"user_id": ex.user_id, "item": explainer.catalog[ex.item_id]["title"], "reference": ex.reference,
              "explanation": text} for ex, text in zip(examples, out.texts)]
 
@@ -212,10 +209,7 @@ def run(cfg: LoraInitConfig, force: bool = False) -> dict:
 
     probe = val_ex[:cfg.n_samples]
     samples_before = sample_explanations(explainer, probe, cfg.max_new_tokens)
-    sft = SFTSettings(micro_batch_size=cfg.micro_batch_size, grad_accum=cfg.grad_accum, lr=cfg.lr,
-                      weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps, max_steps=cfg.max_steps,
-                      epochs=cfg.epochs, eval_every=cfg.eval_every, patience=cfg.patience,
-                      grad_clip=cfg.grad_clip, seed=cfg.seed)
+    sft = sft_settings(cfg)
     with MetricsLog(log_dir / "metrics.jsonl") as metrics:
         res = train_sft(explainer, train_enc, val_enc, sft, log_metrics=metrics.log)
         samples_after = sample_explanations(explainer, probe, cfg.max_new_tokens)

@@ -113,6 +113,13 @@ class Explainer:
             soft = self.bridge(h_u.float(), e_i.float())
         return prompt_embeddings(self.model, prep.prompts.ids, prep.prompts.soft, soft)
 
+    def set_store_grad(self, on: bool) -> None:
+        """Let gradients reach the shared store ``E`` through the bridge (or stop them). The PPO trainer calls
+        this once, with the shield's decision (:attr:`Shield.trains_store`); nothing else decides it."""
+        self.store_grad = bool(on)
+        if self.ranker is not None:
+            self.ranker.item_emb.weight.requires_grad_(self.store_grad)
+
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         """LoRA and bridge parameters (the store E is the trainer's business: it goes through the shield)."""
         params = [p for p in self.model.parameters() if p.requires_grad]

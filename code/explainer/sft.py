@@ -69,17 +69,20 @@ def validation_loss(explainer: Explainer, data: Sequence[Encoded], batch_size: i
 
 @dataclasses.dataclass
 class SFTSettings:
+    """The warm start's optimisation settings, declared once: the stage's config (``LoraInitConfig`` in
+    ``init_lora.py``) inherits them, so each is a flag and an ``experiments/explainer*.yaml`` key."""
+
     micro_batch_size: int = 4
-    grad_accum: int = 4
-    lr: float = 2e-4
+    grad_accum: int = dataclasses.field(default=4, metadata={"help": "micro-batches per optimizer step"})
+    lr: float = dataclasses.field(default=2e-4, metadata={"help": "AdamW peak learning rate"})
     weight_decay: float = 0.0
-    warmup_steps: int = 0
-    max_steps: int = 0          # optimizer steps; 0 → ``epochs`` passes over the training data
-    epochs: int = 1
-    eval_every: int = 50        # optimizer steps between validation losses
-    patience: int = 3           # evaluations without improvement before stopping
-    grad_clip: float = 1.0
-    seed: int = 0
+    warmup_steps: int = dataclasses.field(default=0, metadata={"help": "linear warm-up steps, then linear decay to 0"})
+    max_steps: int = dataclasses.field(default=0, metadata={"help": "optimizer steps (0: epochs)"})
+    epochs: int = dataclasses.field(default=1, metadata={"help": "passes over the training data when max_steps is 0"})
+    eval_every: int = dataclasses.field(default=50, metadata={"help": "optimizer steps between validation losses"})
+    patience: int = dataclasses.field(default=3, metadata={"help": "evaluations without improvement before stopping"})
+    grad_clip: float = dataclasses.field(default=1.0, metadata={"help": "max grad norm (0: off)"})
+    seed: int = dataclasses.field(default=0, metadata={"help": "seed (the stage seeds everything with it)"})
 
 
 class SFTResult(NamedTuple):

@@ -46,9 +46,14 @@ def _extra(p):
                    help="retrain even when the checkpoint's manifest says it is complete for this config and data")
 
 
+def parse(argv=None) -> tuple[SASRecTrainConfig, object]:
+    """Flags → config: one flag per field of SASRecTrainConfig (the model's hyperparameters included)."""
+    return parse_config(SASRecTrainConfig, argv, description=__doc__, default_yaml="experiments/sasrec.yaml",
+                        extra_args=_extra)
+
+
 def main(argv=None):
-    cfg, ns = parse_config(SASRecTrainConfig, argv, description=__doc__, default_yaml="experiments/sasrec.yaml",
-                           extra_args=_extra)
+    cfg, ns = parse(argv)
     started = time.time()
     torch.set_num_threads(cfg.threads)
     ckpt_path = resolve_user_path(ns.out) if ns.out else checkpoints_dir() / f"sasrec_{cfg.dataset}.pt"

@@ -27,7 +27,7 @@ from ..common.device import resolve_device
 from ..common.seeding import rng_state, seed_everything, set_rng_state
 from . import data as D
 from .evaluate import evaluate
-from .model import SASRec, SASRecConfig
+from .model import SASRec, SASRecConfig, SASRecHyper
 
 log = logging.getLogger("recrl")
 # config fields that do not change the numbers: a run may resume with other values for them
@@ -35,18 +35,11 @@ _RESUME_FREE = ("threads", "eval_batch_size")
 
 
 @dataclasses.dataclass
-class SASRecTrainConfig:
+class SASRecTrainConfig(SASRecHyper):
+    """The ranker stage's config (``train_sasrec.py`` flags, ``experiments/sasrec.yaml`` keys): the model's
+    hyperparameters (inherited from :class:`SASRecHyper`, declared there once) plus the training settings."""
+
     dataset: str = dataclasses.field(default="ml100k", metadata={"help": "ml100k | ml25m | steam | books"})
-    # model (SASRecConfig)
-    hidden: int = 64
-    n_layers: int = 2
-    n_heads: int = 2
-    dropout: float = 0.2
-    max_len: int = dataclasses.field(default=50, metadata={"help": "window / history length"})
-    activation: str = dataclasses.field(default="gelu", metadata={"choices": ["gelu", "relu"]})
-    mask_padding_keys: bool = dataclasses.field(default=True, metadata={"help": "hide padding keys in attention"})
-    scale_item_emb: bool = dataclasses.field(default=True, metadata={
-        "help": "input item embedding x sqrt(hidden), as the authors' code (--no-scale_item_emb: off)"})
     # optimisation
     loss: str = dataclasses.field(default="ce", metadata={
         "choices": ["ce", "bce"], "help": "ce: softmax over all items at every position; bce: paper, 1 negative"})
@@ -64,9 +57,7 @@ class SASRecTrainConfig:
     threads: int = dataclasses.field(default=2, metadata={"help": "torch CPU threads"})
 
     def model_config(self, n_items: int) -> SASRecConfig:
-        return SASRecConfig(n_items=n_items, hidden=self.hidden, n_layers=self.n_layers, n_heads=self.n_heads,
-                            dropout=self.dropout, max_len=self.max_len, activation=self.activation,
-                            mask_padding_keys=self.mask_padding_keys, scale_item_emb=self.scale_item_emb)
+        return SASRecConfig(n_items=n_items, **{f.name: getattr(self, f.name) for f in dataclasses.fields(SASRecHyper)})
 
 
 def sequence_loss(model: SASRec, inputs: torch.Tensor, targets: torch.Tensor, loss: str,
