@@ -9,7 +9,8 @@ import torch
 
 from shielded_recrl.common.errors import InputError
 from shielded_recrl.projection.basis import compute_basis, random_basis
-from shielded_recrl.projection.shield import Shield, ShieldConfig, check_basis, leak_ratio, project_out, trust_region
+from shielded_recrl.projection.shield import (Shield, ShieldConfig, bound_rows, check_basis, complement, leak_ratio,
+                                              project_out, trust_region)
 from shielded_recrl.ranker.model import SASRec, SASRecConfig
 
 D, R, N = 32, 24, 200
@@ -146,6 +147,93 @@ def test_trust_region_function_leaves_inside_rows_alone():
     out = trust_region(E, E0, 0.1)
     assert torch.equal(out[0], E0[0]) and torch.equal(out[1], E[1])
     assert torch.isclose((out[2] - E0[2]).norm(), 0.1 * E0[2].norm())
+
+
+# Both ways of applying I − QQᵀ: X − (XQ)Qᵀ when r ≤ d/2, (X Q⊥) Q⊥ᵀ with the complement basis when r > d/2.
+BRANCHES = pytest.mark.parametrize("r", [8, 24], ids=["r<=d/2:Q", "r>d/2:Q_free"])
+
+
+@BRANCHES
+def test_shield_uses_the_branch_its_rank_calls_for(r):
+    shield = Shield(torch.nn.Parameter(torch.randn(N + 1, D)), _Q(r=r), ShieldConfig())
+    assert (shield.Q_free is not None) == (2 * r > D)
+
+
+@BRANCHES
+def test_complement_form_of_project_out_equals_the_q_form(r):
+    Q = _Q(r=r)
+    Qf = complement(Q)
+    assert Qf.shape == (D, D - r) and (Q.T @ Qf).abs().max() < 1e-5
+    X = torch.randn(50, D, generator=torch.Generator().manual_seed(3))
+    ref = project_out(X, Q)
+    assert torch.allclose(project_out(X, Q, Qf), ref, atol=1e-5)
+    for Q_free in (None, Qf):  # in place: the same numbers, written into X
+        X2 = X.clone()
+        out = project_out(X2, Q, Q_free, inplace=True)
+        assert out.data_ptr() == X2.data_ptr() and torch.equal(out, project_out(X, Q, Q_free))
+
+
+@BRANCHES
+def test_shield_with_trust_region_holds_after_many_adamw_steps_with_weight_decay(r):
+    Q, rho = _Q(r=r), 0.2
+    E0, ET = _coadapt(ShieldConfig(trust_radius=rho), Q, steps=300, weight_decay=0.1)
+    D_ = ET - E0
+    assert D_.norm() > 0.5  # it did move
+    assert leak_ratio(D_, Q) < 1e-5
+    rel = D_[1:].norm(dim=1) / E0[1:].norm(dim=1)
+    assert rel.max() <= rho * (1 + 1e-5)
+    assert rel.max() >= rho * 0.99  # the objective pushes rows to the boundary: the bound is active
+    assert torch.equal(ET[0], E0[0])
+
+
+@BRANCHES
+@pytest.mark.parametrize("rho", [None, 0.1])
+def test_after_step_is_the_helpers_composed_by_hand(r, rho):
+    """after_step = E0 + bound_rows(project_out(E_new − E0, Q, Q⊥), ρ‖e_i⁰‖), padding row restored."""
+    g = torch.Generator().manual_seed(7)
+    E = torch.nn.Parameter(torch.randn(N + 1, D, generator=g) * 0.1)
+    with torch.no_grad():
+        E[0].zero_()
+    target = torch.randn(N + 1, D, generator=g)
+    shield = Shield(E, _Q(r=r), ShieldConfig(trust_radius=rho))
+    opt = torch.optim.AdamW([E], lr=5e-2, weight_decay=0.1)
+    for _ in range(8):
+        opt.zero_grad()
+        ((E - target) ** 2).sum().backward()
+        opt.step()
+        E_new = E.detach().clone()
+        shield.after_step()
+        step = project_out(E_new - shield.E0, shield.Q, shield.Q_free)
+        if rho is not None:
+            step = bound_rows(step, rho * shield.E0.norm(dim=1, keepdim=True))
+        want = shield.E0 + step
+        want[0] = shield.E0[0]
+        assert torch.equal(E.detach(), want)
+
+
+def test_no_projection_trust_region_is_the_trust_region_function():
+    g = torch.Generator().manual_seed(8)
+    E = torch.nn.Parameter(torch.randn(N + 1, D, generator=g))
+    shield = Shield(E, None, ShieldConfig(mode="no_projection", trust_radius=0.1, padding_idx=None))
+    opt = torch.optim.AdamW([E], lr=0.5, weight_decay=0.1)
+    for _ in range(3):
+        opt.zero_grad()
+        (E ** 2).sum().backward()
+        opt.step()
+        E_new = E.detach().clone()
+        shield.after_step()
+        assert torch.equal(E.detach(), trust_region(E_new, shield.E0, 0.1))
+
+
+def test_bound_rows_in_place_and_out_of_place_agree():
+    D_ = torch.randn(6, 4, generator=torch.Generator().manual_seed(9))
+    limit = torch.full((6, 1), 1.0)
+    out = bound_rows(D_, limit)
+    assert out.norm(dim=1).max() <= 1.0 + 1e-6
+    inside = D_.norm(dim=1) <= 1.0
+    assert torch.equal(out[inside], D_[inside])
+    D2 = D_.clone()
+    assert torch.equal(bound_rows(D2, limit, inplace=True), out) and torch.equal(D2, out)
 
 
 def test_mismatched_d_or_ranker_hash_refused():

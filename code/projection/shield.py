@@ -91,13 +91,24 @@ def check_basis(basis: Mapping[str, Any], *, d: int, ranker_sha256: str | None, 
     check_orthonormal(basis["Q"], source=str(source))
 
 
-def project_out(X: torch.Tensor, Q: torch.Tensor | None) -> torch.Tensor:
-    """``X (I − QQᵀ)`` computed as ``X − (XQ)Qᵀ`` (O(n d r), never forms the d × d projector)."""
+def project_out(X: torch.Tensor, Q: torch.Tensor | None, Q_free: torch.Tensor | None = None,
+                inplace: bool = False) -> torch.Tensor:
+    """``X (I − QQᵀ)``, never forming the d × d projector.
+
+    ``Q_free`` (d × (d − r)), when given, is an orthonormal basis of the complement of ``span(Q)``
+    (:func:`complement`); since ``I − QQᵀ = Q⊥Q⊥ᵀ`` the product is then ``(X Q⊥) Q⊥ᵀ``, O(n d (d − r))
+    instead of ``X − (XQ)Qᵀ``'s O(n d r): the cheaper form when r > d/2. ``inplace`` writes the result
+    into ``X`` (which must then not be needed afterwards) and returns it.
+    """
     if Q is None or Q.shape[1] == 0:
         return X
     if Q.shape[1] == Q.shape[0]:  # full rank: the complement is {0}; exact zero instead of rounding noise
-        return torch.zeros_like(X)
-    return X - (X @ Q) @ Q.T  # METHOD: remove the ranking-subspace component
+        return X.zero_() if inplace else torch.zeros_like(X)
+    if Q_free is not None:
+        C = X @ Q_free  # METHOD: coordinates in the released directions
+        return torch.mm(C, Q_free.T, out=X) if inplace else C @ Q_free.T
+    XQ = (X @ Q) @ Q.T
+    return X.sub_(XQ) if inplace else X - XQ  # METHOD: remove the ranking-subspace component
 
 
 def _row_scale(D: torch.Tensor, limit: torch.Tensor) -> torch.Tensor:
@@ -106,14 +117,21 @@ def _row_scale(D: torch.Tensor, limit: torch.Tensor) -> torch.Tensor:
     return torch.where(norm > limit, limit / norm.clamp_min(torch.finfo(D.dtype).tiny), torch.ones_like(norm))
 
 
+def bound_rows(D: torch.Tensor, limit: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+    """The trust region on a displacement ``D = E − E0``: rows with ``‖D_i‖ > limit_i`` (``limit`` is
+    (n, 1)) are rescaled onto the boundary, the others are untouched (scale 1). A row rescale keeps a
+    displacement that is ⟂ Q orthogonal to Q. ``inplace`` rescales ``D`` itself."""
+    scale = _row_scale(D, limit)
+    return D.mul_(scale) if inplace else D * scale
+
+
 def trust_region(E: torch.Tensor, E0: torch.Tensor, rho: float) -> torch.Tensor:
     """Rescale each row's displacement so that ``‖e_i − e_i⁰‖ ≤ ρ‖e_i⁰‖``.
 
     A row whose original vector is zero (the padding row, or an all-zero item) may not move at all.
     """
-    D = E - E0
     limit = rho * E0.norm(dim=1, keepdim=True)  # METHOD: per-row trust radius ρ‖e_i⁰‖
-    return E0 + D * _row_scale(D, limit)  # METHOD: rows inside the region are untouched (scale 1)
+    return E0 + bound_rows(E - E0, limit)
 
 
 def complement(Q: torch.Tensor) -> torch.Tensor:
@@ -157,6 +175,12 @@ class Shield:
             param.requires_grad_(False)
 
     @property
+    def trains_store(self) -> bool:
+        """Whether the store receives gradients and an optimizer: the one place this is decided (every mode
+        but ``frozen``; the PPO trainer applies it with ``Explainer.set_store_grad``)."""
+        return self.cfg.mode != "frozen"
+
+    @property
     def full_rank(self) -> bool:
         return self.Q is not None and self.Q.shape[1] == self.Q.shape[0]
 
@@ -174,30 +198,21 @@ class Shield:
         if cfg.mode == "frozen":
             p.copy_(E0)  # bit-identical even if someone put E in an optimizer with weight decay
             return
-        E = p.detach()
-        if cfg.mode == "shielded" and cfg.project == "update":
+        project = cfg.mode == "shielded" and cfg.project == "update"
+        if project and self.full_rank:
+            p.copy_(E0)  # the complement is {0}: exactly frozen
+            return
+        if project or self._limit is not None:
             # METHOD: E ← E_old + (E_new − E_old)(I − QQᵀ). Every earlier step kept E_old − E0 ⟂ Q, so this
             # equals E0 + (E_new − E0)(I − QQᵀ); projecting the whole displacement also removes the
             # float rounding that would otherwise accumulate in span(Q) over thousands of steps, and needs
             # no copy of E_old.
-            if self.full_rank:
-                p.copy_(E0)  # the complement is {0}: exactly frozen
-                return
-            if self.Q_free is not None:
-                C = (E - E0) @ self.Q_free  # METHOD: coordinates of the displacement in the released directions
-                if self._limit is not None:  # ‖row of C‖ = ‖row of C Q⊥ᵀ‖ since Q⊥ is orthonormal
-                    C.mul_(_row_scale(C, self._limit))  # METHOD: trust region, ‖e_i − e_i⁰‖ ≤ ρ‖e_i⁰‖
-                torch.addmm(E0, C, self.Q_free.T, out=p.data)  # E = E0 + C Q⊥ᵀ
-            else:
-                Dl = E - E0
-                Dl.sub_((Dl @ self.Q) @ self.Q.T)  # METHOD: (E − E0)(I − QQᵀ)
-                if self._limit is not None:
-                    Dl.mul_(_row_scale(Dl, self._limit))  # METHOD: trust region (a row rescale stays ⟂ Q)
-                torch.add(E0, Dl, out=p.data)
-        elif self._limit is not None:
-            Dl = E - E0
-            Dl.mul_(_row_scale(Dl, self._limit))
-            torch.add(E0, Dl, out=p.data)
+            D = p.detach() - E0  # the displacement; both helpers below update it in place
+            if project:
+                project_out(D, self.Q, self.Q_free, inplace=True)
+            if self._limit is not None:
+                bound_rows(D, self._limit, inplace=True)  # METHOD: trust region ‖e_i − e_i⁰‖ ≤ ρ‖e_i⁰‖
+            torch.add(E0, D, out=p.data)
         if cfg.padding_idx is not None:
             p.data[cfg.padding_idx] = E0[cfg.padding_idx]
 
