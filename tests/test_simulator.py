@@ -10,7 +10,9 @@ import pandas as pd
 import pytest
 import torch
 
-from shielded_recrl.trainer.quality import QualityConfig, QualityScorer, TitleIndex, form_score, has_pii
+from shielded_recrl.explainer.prompts import describe_item, shown_history
+from shielded_recrl.trainer.quality import (QualityConfig, QualityScorer, TitleIndex, copy_cap, form_score, has_pii,
+                                            is_unfinished, prompt_copy, prompt_item_lines, self_reference)
 from shielded_recrl.trainer.simulator import SimulatorConfig, UserSimulator, standardise_scores
 
 
@@ -38,8 +40,18 @@ def _toxicity(texts):  # a stand-in classifier: only the word "idiot" is toxic
     return np.array([0.99 if "idiot" in t.lower() else 0.01 for t in texts])
 
 
+def last_ten(sim, users) -> list:
+    """What a prompt showing each user's last 10 history items cites (the click-model tests' ``shown``)."""
+    return [sim.histories[int(u) - 1][-10:] for u in users]
+
+
 @pytest.fixture(scope="module")
 def scorer():
+    return QualityScorer(ITEMS, BowEncoder(), toxicity=_toxicity)
+
+
+@pytest.fixture(scope="module")
+def sim_scorer():
     return QualityScorer(ITEMS, BowEncoder(), toxicity=_toxicity)
 
 
@@ -55,9 +67,9 @@ def test_title_index_word_boundaries_and_case():
 
 def test_grounded_beats_hallucinated(scorer):
     hist = [np.array([2, 3])]
-    good = scorer.score([GOOD], [5], hist)
-    fake = scorer.score([GOOD.replace("GoldenEye", "Toy Story")], [5], hist)  # user never saw Toy Story
-    invented = scorer.score([GOOD.replace("GoldenEye", "The Silver Lantern")], [5], hist)
+    good = scorer.score([GOOD], [5], hist, hist)
+    fake = scorer.score([GOOD.replace("GoldenEye", "Toy Story")], [5], hist, hist)  # user never saw Toy Story
+    invented = scorer.score([GOOD.replace("GoldenEye", "The Silver Lantern")], [5], hist, hist)
     assert good.grounding[0] == 1.0 and good.n_grounded[0] == 2 and good.n_hallucinated[0] == 0
     assert fake.n_hallucinated[0] == 1 and fake.grounding[0] == pytest.approx(-0.5)  # (1 − 2·1) / 2
     assert invented.n_unknown[0] == 1 and invented.grounding[0] == 0.0  # (1 − 1) / 2
@@ -67,7 +79,7 @@ def test_grounded_beats_hallucinated(scorer):
 def test_toxicity_and_pii_lower_q(scorer):
     texts = [GOOD, GOOD + " Only an idiot would skip it.", GOOD + " Write to me at jane.doe@example.com.",
              GOOD + " Call 555-123-4567.", GOOD + " See https://example.org/film."]
-    qual = scorer.score(texts, [5] * 5, [np.array([2, 3])] * 5)
+    qual = scorer.score(texts, [5] * 5, [np.array([2, 3])] * 5, [np.array([2, 3])] * 5)
     assert qual.safety[0] == 1.0 and not qual.pii[0]
     assert list(qual.pii) == [False, False, True, True, True]
     assert (qual.safety[1:] == -1.0).all()
@@ -87,10 +99,135 @@ def test_form_length_band_and_repetition():
 
 
 def test_q_in_range_and_weights_checked(scorer):
-    qual = scorer.score(["", "x " * 500, GOOD], [1, 2, 5], [np.array([], np.int64)] * 3)
+    qual = scorer.score(["", "x " * 500, GOOD], [1, 2, 5], [np.array([], np.int64)] * 3, [[]] * 3)
     assert ((qual.q >= -1) & (qual.q <= 1)).all()
     with pytest.raises(ValueError, match="sum to 1"):
         QualityConfig(w_item=0.5)
+
+
+# --- issue #13: prompt copying, self-reference, unfinished text, prompt-visible grounding -----------
+YEARS = {1: "1995", 2: "1995", 3: "1995", 4: "1996", 5: "1997", 6: "1996"}
+
+
+def _row(i):
+    r = ITEMS.set_index("item_id").loc[i]
+    return {"title": r["title"], "year": YEARS[i], "genres": r["genres"]}
+
+
+def test_is_unfinished_and_form():
+    assert not any(map(is_unfinished, [GOOD, 'You said it was "great."', "(Try it!)  ", "Is it for you?"]))
+    cut = "Because you enjoyed GoldenEye, you may like The Fifth Element: it is also an"
+    assert all(map(is_unfinished, [cut, "", "A fine film…", "Great film,", "Watch it :)"]))
+    assert form_score(cut + " action film with a big heart.", 8, 60) == 1.0 and form_score(cut, 8, 60) == -1.0
+
+
+def test_prompt_copy_counts_pasted_lines_not_named_titles():
+    ti = TitleIndex(ITEMS)
+    lines = prompt_item_lines([_row(2), _row(5)])  # shown GoldenEye; recommended The Fifth Element
+    assert lines == ["GoldenEye (1995; Action, Thriller)", "The Fifth Element (1997; Action, Sci-Fi)"]
+    assert lines[1] == describe_item(_row(5))  # exactly the prompt's line
+    paste = "The Fifth Element (1997). Action, Sci-Fi. Like GoldenEye, which you watched recently."
+    # tokens: ⟨title⟩ 1997 action sci fi like ⟨title⟩ which you watched recently → the first 5 are copied
+    assert prompt_copy(paste, lines, ti) == pytest.approx(5 / 11)
+    assert prompt_copy(paste, lines) == pytest.approx(7 / 13)  # without a title index: the title's words too
+    assert prompt_copy(GOOD, lines, ti) == 0.0
+    assert prompt_copy("GoldenEye and The Fifth Element (1997) are both fun action films.", lines, ti) == 0.0
+    assert prompt_copy("Action, Thriller. The Fifth Element (1997) is next.", lines, ti) == 0.0  # no run spans lines
+    short = prompt_item_lines([_row(3)])  # "Four Rooms (1995; Thriller)": 3 tokens, a whole line counts
+    assert prompt_copy("You may like Four Rooms (1995). Thriller. It is tense.", short, ti) == pytest.approx(3 / 9)
+    assert prompt_copy("", lines, ti) == 0.0
+    cap = copy_cap(np.array([0.0, 0.2, 0.3, 0.4, 0.9]), QualityConfig())
+    assert cap.tolist() == pytest.approx([1.0, 1.0, 0.5, 0.0, 0.0])
+
+
+def test_self_reference_is_the_item_named_as_a_reason():
+    ti = TitleIndex(ITEMS)
+
+    def selfref(text, shown=(2,)):
+        return self_reference(text, 5, shown, ti)
+
+    assert selfref("Because you enjoyed The Fifth Element, you may like The Fifth Element.")
+    assert selfref("Since you like The Fifth Element, you will like it again.")
+    assert selfref("Because you enjoyed GoldenEye and The Fifth Element, try The Fifth Element.")  # a listed reason
+    assert selfref("Like The Fifth Element (1997), which you watched recently, it is great fun.")
+    assert selfref("You enjoyed sci-fi films like The Fifth Element, so try this one.")  # ≤ 3 words after the cue
+    assert not selfref(GOOD)
+    assert not selfref("Fans of GoldenEye will love The Fifth Element.")
+    assert not selfref("GoldenEye is just like The Fifth Element: big, loud and fun.")
+    assert not selfref("You enjoyed GoldenEye, so The Fifth Element is for you.")  # the comma ends the reason
+    assert not selfref("You may like The Fifth Element, a film you have not watched yet.")
+    assert not selfref("Because you enjoyed The Fifth Element, you may like it.", shown=(5,))  # also a shown item
+
+
+def test_grounding_counts_only_shown_titles_and_no_self_reason(scorer):
+    hist = np.array([3, 2])  # the user chose Four Rooms, then GoldenEye
+    shown = scorer.score([GOOD], [5], [hist], [[2]])
+    hidden = scorer.score([GOOD], [5], [hist], [[]])  # the prompt showed no history: GoldenEye is unverifiable
+    assert shown.grounding[0] == 1.0 and shown.n_hallucinated[0] == 0
+    assert hidden.n_hallucinated[0] == 1 and hidden.grounding[0] == pytest.approx(-0.5)  # (1 − 2) / 2
+    body = ": it is also an action film with a big heart."
+    texts = ["Because you enjoyed The Fifth Element, you may like The Fifth Element" + body,  # self-reference
+             "You may like The Fifth Element" + body,  # the item alone: no reason
+             "Because you enjoyed Four Rooms, you may like The Fifth Element" + body]  # seen, not shown
+    qual = scorer.score(texts, [5] * 3, [hist] * 3, [[2]] * 3)
+    assert qual.self_reference.tolist() == [True, False, False]
+    assert qual.grounding[0] == -1.0 and qual.n_grounded[0] == 0  # (0 − 2·1) / 1, clipped
+    assert qual.grounding[1] == 0.0 and qual.n_grounded[1] == 1  # capped at 0 without a shown reason
+    assert qual.grounding[2] == pytest.approx(-0.5) and qual.n_hallucinated[2] == 1
+    assert shown.q[0] > qual.q[1] > qual.q[0]
+
+
+def test_listing_the_shown_history_dilutes_grounding(scorer):
+    hist = np.array([1, 2, 3, 4, 6])
+    two = "Because you enjoyed Toy Story and GoldenEye, you may like The Fifth Element: it is an action film."
+    five = ("Because you enjoyed Toy Story, GoldenEye, Four Rooms, Fargo and Bound, you may like The Fifth "
+            "Element: it is an action film.")
+    qual = scorer.score([two, five], [5, 5], [hist] * 2, [hist] * 2)
+    assert qual.n_grounded.tolist() == [3, 6]
+    assert qual.grounding[0] == 1.0 and qual.grounding[1] == pytest.approx((1 + 3) / 6)  # 3 reasons + the item
+
+
+def test_copy_cap_and_unfinished_lower_q(scorer):
+    hist = [np.array([2, 3])] * 3
+    paste = "The Fifth Element. Action, Sci-Fi. Like GoldenEye, which you watched recently."  # ITEMS has no year
+    qual = scorer.score([GOOD, paste, GOOD[:-1]], [5] * 3, hist, hist)
+    assert qual.copy[0] == 0.0 and qual.copy[1] == pytest.approx(4 / 10)  # ⟨title⟩ action sci fi: copied
+    assert qual.q[1] <= QualityConfig().copy_cap < qual.q[0]
+    assert qual.unfinished.tolist() == [False, False, True] and qual.form[2] == -1.0
+    assert qual.q[0] - qual.q[2] == pytest.approx(QualityConfig().w_form * 2)
+
+
+def test_score_needs_the_shown_history(scorer):
+    with pytest.raises(ValueError, match="shown="):
+        scorer.score([GOOD], [5], [np.array([2, 3])])
+    with pytest.raises(ValueError, match="one entry each"):
+        scorer.score([GOOD], [5], [np.array([2, 3])], [])
+    with pytest.raises(ValueError, match="copy_ok"):
+        QualityConfig(copy_ok=0.5, copy_bad=0.4)
+
+
+def test_shown_history_is_what_the_prompt_kept():
+    assert shown_history([1, 2, 3], 0) == [] and shown_history([1, 2, 3], 2) == [2, 3]
+    assert shown_history(np.array([1, 2, 3]), 3) == [1, 2, 3]
+    with pytest.raises(ValueError, match="n_history"):
+        shown_history([1, 2], 3)
+
+
+def test_new_rules_never_fire_on_the_ml100k_references(ml100k_processed):
+    """No false positives on the 6,601 template references, each with the last 10 items before it shown
+    (build_prompt's max_history): no prompt copy above copy_ok, no self-reference, none unfinished."""
+    from shielded_recrl.explainer.policy import reference_examples
+
+    data = ml100k_processed
+    ti = TitleIndex(data.items)
+    rows = {int(r["item_id"]): r for r in data.items.to_dict("records")}
+    ex = [e for split in ("train", "valid", "test") for e in reference_examples(data, split=split)]
+    assert len(ex) == len(data.references)
+    copy = [prompt_copy(e.reference, prompt_item_lines([rows[int(i)] for i in e.history[-10:]] + [rows[e.item_id]]),
+                        ti) for e in ex]
+    assert max(copy) <= QualityConfig().copy_ok
+    assert not any(self_reference(e.reference, e.item_id, e.history[-10:], ti) for e in ex)
+    assert not any(is_unfinished(e.reference) for e in ex)
 
 
 def _sim(scorer, seed=0, reward="expected", z_over="all"):
@@ -100,8 +237,8 @@ def _sim(scorer, seed=0, reward="expected", z_over="all"):
     return UserSimulator(scores, hist, scorer, SimulatorConfig(slate_size=3, reward=reward, z_over=z_over, seed=seed))
 
 
-def test_slate_excludes_seen_items_and_padding(scorer):
-    sim = _sim(scorer)
+def test_slate_excludes_seen_items_and_padding(sim_scorer):
+    sim = _sim(sim_scorer)
     slate = sim.slate(torch.tensor([1, 2, 3, 4]))
     for u, row in enumerate(slate.tolist()):
         assert 0 not in row and not set(row) & set(sim.histories[u].tolist())
@@ -110,33 +247,34 @@ def test_slate_excludes_seen_items_and_padding(scorer):
     z = standardise_scores(torch.randn(3, 10))
     assert torch.allclose(z[:, 1:].mean(1), torch.zeros(3, dtype=z.dtype), atol=1e-12) and (z[:, 0] == 0).all()
     assert torch.allclose(z[:, 1:].std(1), torch.ones(3, dtype=z.dtype))
-    by_slate = _sim(scorer, z_over="slate")
+    by_slate = _sim(sim_scorer, z_over="slate")
     assert torch.equal(by_slate.slate(torch.tensor([1, 2, 3, 4])), slate)  # same slate, other scale
     zs = by_slate.z.gather(1, slate)
     assert torch.allclose(zs.mean(1), torch.zeros(4, dtype=zs.dtype), atol=1e-12)
     assert torch.allclose(zs.std(1), torch.ones(4, dtype=zs.dtype))
 
 
-def test_clicks_reproducible_and_in_unit_interval(scorer):
+def test_clicks_reproducible_and_in_unit_interval(sim_scorer):
     users, items, texts = torch.tensor([1, 2, 3, 4]), torch.tensor([5, 5, 1, 2]), [GOOD, "Nice.", GOOD, "Great!"]
-    a, b, c = _sim(scorer, 0), _sim(scorer, 0), _sim(scorer, 1)
+    a, b, c = _sim(sim_scorer, 0), _sim(sim_scorer, 0), _sim(sim_scorer, 1)
     assert torch.equal(a.zeta, b.zeta) and not torch.equal(a.zeta, c.zeta)
     assert a.zeta.std() < 1.0  # ζ ~ N(0, 0.3²)
-    ra, p, qual = a.reward(users, items, texts)
-    assert torch.equal(ra, b.reward(users, items, texts)[0]) and torch.equal(ra, p)
+    ra, p, qual = a.reward(users, items, texts, last_ten(a, users))
+    assert torch.equal(ra, b.reward(users, items, texts, last_ten(b, users))[0]) and torch.equal(ra, p)
     assert ((p > 0) & (p < 1)).all()
     rows = users - 1  # p = σ(α z + β q + ζ) by hand
     expect = torch.sigmoid(a.z[rows, items] + 0.5 * torch.from_numpy(qual.q) + a.zeta[rows])
     assert torch.allclose(p, expect)
-    s1, s2 = _sim(scorer, 0, "sampled"), _sim(scorer, 0, "sampled")
-    draws1 = torch.stack([s1.reward(users, items, texts)[0] for _ in range(5)])
-    draws2 = torch.stack([s2.reward(users, items, texts)[0] for _ in range(5)])
+    s1, s2 = _sim(sim_scorer, 0, "sampled"), _sim(sim_scorer, 0, "sampled")
+    draws1 = torch.stack([s1.reward(users, items, texts, last_ten(s1, users))[0] for _ in range(5)])
+    draws2 = torch.stack([s2.reward(users, items, texts, last_ten(s2, users))[0] for _ in range(5)])
     assert torch.equal(draws1, draws2) and set(draws1.unique().tolist()) <= {0.0, 1.0}
 
 
-def test_better_explanation_raises_click_prob(scorer):
-    sim = _sim(scorer)
-    p, _ = sim.click_prob(torch.tensor([1, 1]), torch.tensor([5, 5]), [GOOD, "Only an idiot would skip it."])
+def test_better_explanation_raises_click_prob(sim_scorer):
+    sim = _sim(sim_scorer)
+    p, _ = sim.click_prob(torch.tensor([1, 1]), torch.tensor([5, 5]), [GOOD, "Only an idiot would skip it."],
+                          last_ten(sim, [1, 1]))
     assert p[0] > p[1]
 
 
@@ -155,5 +293,5 @@ def test_simulator_on_ml100k_with_a_ranker(ml100k_processed):
     for u, row in zip(users.tolist(), slate.tolist()):
         assert not set(row) & set(data.sequences("train")[u - 1].tolist())
     texts = data.items.set_index("item_id").loc[slate[:, 0].tolist(), "text"].tolist()
-    r, p, _ = sim.reward(users, slate[:, 0], texts)
+    r, p, _ = sim.reward(users, slate[:, 0], texts, last_ten(sim, users))
     assert ((r > 0) & (r < 1)).all()

@@ -20,12 +20,24 @@ key                 definition
                     :func:`genre_pattern`), matched on the text with catalogue titles masked, so
                     "Star Wars" does not count as naming the genre War
 ``hallucination_rate``  share of explanations naming a catalogue title (``TitleIndex.find``, the
-                    simulator's matcher) that is neither the item nor in the record's ``history``;
-                    counted as in ``grounding_score``: a title shared by several items is grounded if
-                    any of them is allowed. Title-like spans outside the catalogue do not count here
+                    simulator's matcher) that is neither the item nor in the history the prompt showed
+                    (the record's ``shown``, see below); counted as in ``grounding_score``: a title
+                    shared by several items is grounded if any of them is allowed. Title-like spans
+                    outside the catalogue do not count here
+``prompt_copy_rate``  share of explanations whose ``quality.prompt_copy`` (share of words in a verbatim
+                    copy of a prompt item line: the shown history's and the item's catalogue lines)
+                    exceeds ``QualityConfig.copy_ok`` (0.2), the rate above which the simulator caps q
+``self_reference_rate``  share of explanations naming the recommended item as a reason
+                    (``quality.self_reference``: "Because you enjoyed X, you may like X")
+``unfinished_rate`` share of explanations not ending a sentence (``quality.is_unfinished``)
 ``mean_len``        mean number of word tokens (``[\\w']+``) per hypothesis
 ``n``               number of records
 ==================  ================================================================================
+
+The prompt-visible history: a record's ``shown`` (the history items the prompt showed,
+``explainer.prompts.shown_history(history, prompt.n_history)``) when it has one, else its ``history``,
+which must then hold only what the prompt showed. Counting against the user's whole history would
+let a film the prompt never showed pass as grounded.
 """
 
 from __future__ import annotations
@@ -38,10 +50,12 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from ..trainer.quality import Encoder, QualityConfig, TitleIndex, grounding_score
+from ..trainer.quality import (Encoder, QualityConfig, TitleIndex, grounding_score, is_unfinished, prompt_copy,
+                               prompt_item_lines, self_reference)
 
 METRIC_KEYS = ("bleu1", "bleu4", "rouge1", "rouge2", "rougeL", "embed_sim", "usr", "distinct1", "distinct2",
-               "feature_match", "hallucination_rate", "mean_len", "n")
+               "feature_match", "hallucination_rate", "prompt_copy_rate", "self_reference_rate", "unfinished_rate",
+               "mean_len", "n")
 RECORD_KEYS = ("text", "reference", "item_id", "history")
 
 _WORD = re.compile(r"[\w']+")
@@ -145,11 +159,43 @@ def mentions_genre(text: str, genres: str) -> bool:
     return any(genre_pattern(g).search(text) for g in genres.split("|") if g.strip())
 
 
-def is_hallucinated(named: list[set[int]], item_id: int, history: Iterable[int]) -> bool:
-    """Whether any named catalogue title is neither the item nor in the history (``grounding_score``'s count)."""
-    allowed = {int(i) for i in history} | {int(item_id)}
+def is_hallucinated(named: list[set[int]], item_id: int, shown: Iterable[int]) -> bool:
+    """Whether any named catalogue title is neither the item nor in ``shown``, the history the prompt
+    showed (``grounding_score``'s count)."""
+    allowed = {int(i) for i in shown} | {int(item_id)}
     _, _, n_bad = grounding_score(named, 0, allowed, QualityConfig())
     return n_bad > 0
+
+
+def shown_of(record: Mapping) -> list[int]:
+    """The history the record's prompt showed: ``shown`` if the record has it, else ``history``."""
+    return [int(i) for i in (record["shown"] if "shown" in record else record["history"])]
+
+
+# --- prompt copying, self-reference, unfinished text (the simulator's rules, as rates) -------------
+def prompt_copy_rate(records: Sequence[Mapping], items: pd.DataFrame, titles: TitleIndex | None = None,
+                     threshold: float = QualityConfig().copy_ok) -> float:
+    """Share of ``records`` (``text``, ``item_id``, ``shown``/``history``) whose text copies more than
+    ``threshold`` of its words from the prompt's item lines (:func:`~shielded_recrl.trainer.quality.prompt_copy`)."""
+    titles = titles if titles is not None else TitleIndex(items)
+    rows = {int(r["item_id"]): r for r in items.to_dict("records")}
+    copied = []
+    for r in records:
+        lines = prompt_item_lines([rows[i] for i in shown_of(r)] + [rows[int(r["item_id"])]])
+        copied.append(prompt_copy(str(r["text"]), lines, titles, QualityConfig().copy_n) > threshold)
+    return float(np.mean(copied)) if copied else 0.0
+
+
+def self_reference_rate(records: Sequence[Mapping], titles: TitleIndex) -> float:
+    """Share of ``records`` whose text names the recommended item as a reason
+    (:func:`~shielded_recrl.trainer.quality.self_reference`)."""
+    refs = [self_reference(str(r["text"]), int(r["item_id"]), shown_of(r), titles) for r in records]
+    return float(np.mean(refs)) if refs else 0.0
+
+
+def unfinished_rate(texts: Sequence[str]) -> float:
+    """Share of ``texts`` that do not end a sentence (:func:`~shielded_recrl.trainer.quality.is_unfinished`)."""
+    return float(np.mean([is_unfinished(str(t)) for t in texts])) if len(texts) else 0.0
 
 
 # --- the record-level entry points -----------------------------------------------------------------
@@ -158,7 +204,8 @@ def explanation_metrics(records: Sequence[Mapping], items: pd.DataFrame, encoder
     """All metrics (the keys of :data:`METRIC_KEYS`) over explanations.jsonl rows of **one** system.
 
     ``records``: dicts with at least ``text`` (the hypothesis), ``reference``, ``item_id`` and
-    ``history`` (item ids the explanation may name besides the item). ``items``: the catalogue
+    ``history``, and ``shown`` (the history items the prompt showed: what the explanation may name
+    besides the item; without it ``history`` is taken to be that). ``items``: the catalogue
     (``item_id``, ``title``, ``genres``). ``titles``: a prebuilt ``TitleIndex(items)`` to share
     between calls (built here when ``None``). Raises ValueError on no records, a record missing a
     key, records of several systems, or an item id absent from ``items``.
@@ -185,7 +232,7 @@ def explanation_metrics(records: Sequence[Mapping], items: pd.DataFrame, encoder
     for r, text in zip(records, hyps):
         named, _, masked = titles.find(text)  # masked: each named title replaced by "the film"
         match.append(mentions_genre(masked, genres_of[int(r["item_id"])]))
-        halluc.append(is_hallucinated(named, r["item_id"], r["history"]))
+        halluc.append(is_hallucinated(named, r["item_id"], shown_of(r)))
 
     out: dict[str, float] = {}
     out.update(bleu(hyps, refs))
@@ -196,6 +243,9 @@ def explanation_metrics(records: Sequence[Mapping], items: pd.DataFrame, encoder
     out["distinct2"] = distinct_n(hyps, 2)
     out["feature_match"] = float(np.mean(match))
     out["hallucination_rate"] = float(np.mean(halluc))
+    out["prompt_copy_rate"] = prompt_copy_rate(records, items, titles)
+    out["self_reference_rate"] = self_reference_rate(records, titles)
+    out["unfinished_rate"] = unfinished_rate(hyps)
     out["mean_len"] = mean_length(hyps)
     out["n"] = len(records)
     return {k: out[k] for k in METRIC_KEYS}

@@ -63,6 +63,16 @@ class Prompt(NamedTuple):
     n_history: int
 
 
+def shown_history(history: Sequence, n_history: int) -> list:
+    """The history entries a prompt showed: the last ``n_history`` of ``history`` (oldest first), as
+    :func:`build_prompt` keeps them (``Prompt.n_history``). ``n_history == 0`` shows nothing (not
+    ``history[-0:]``, which is all of it). What the explanation may cite (DESIGN.md §4.3)."""
+    if n_history < 0 or n_history > len(history):
+        raise ValueError(f"n_history must be in [0, {len(history)}] for a history of {len(history)} items; "
+                         f"found {n_history}")
+    return list(history[len(history) - n_history:])
+
+
 def user_message(history: Sequence[dict], item: dict, kind: str, n_user_tokens: int, n_item_tokens: int) -> str:
     lines = []
     if history:

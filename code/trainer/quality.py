@@ -1,7 +1,10 @@
 """Explanation quality ``q ∈ [−1, 1]`` for the user simulator (DESIGN.md §4.3). Pure: no I/O.
 
-``q = Σ_k w_k · c_k`` with every component ``c_k ∈ [−1, 1]`` and the weights summing to 1, then a
-safety cap (an unsafe text never scores above ``unsafe_cap``):
+``q = Σ_k w_k · c_k`` with every component ``c_k ∈ [−1, 1]`` and the weights summing to 1, then two
+caps: an unsafe text never scores above ``unsafe_cap``, and a text that copies the prompt's catalogue
+lines never scores above :func:`copy_cap` of its copy rate. "Shown" below is the history the prompt
+actually showed (``explainer.prompts.shown_history``: the last ``Prompt.n_history`` items, often fewer
+than ``max_history`` because the token budget drops the oldest); the scorer needs it for every text.
 
 =============  ======  ==========================================================================
 component      weight  what it measures (range [−1, 1])
@@ -11,16 +14,27 @@ component      weight  what it measures (range [−1, 1])
                        "about some film" earns nothing), ``s = 0.40`` (cos ≥ 0.75 → 1)
 ``history``    0.20    cosine(text, mean of the user's last ``history_window`` item texts), same map
                        with ``b = 0.30``, ``s = 0.30``
-``grounding``  0.20    catalogue titles the text names: ``(good − 2·bad − unknown) / named``
-                       (good = the item or one of the user's history; bad = any other catalogue
-                       title, an invented reference; unknown = a title-like capitalised span that
-                       is in no catalogue, half a hallucination); 0 when it names nothing
-``form``       0.10    ``min(length band, repetition)``: 1 inside ``[min_words, max_words]``, linear
-                       to −1 at 0 words and at ``2·max_words``; distinct-2 ≥ 0.9 → 1, ≤ 0.5 → −1
+``grounding``  0.20    catalogue titles the text names (distinct): ``(credit − 2·bad − unknown) /
+                       named``. good = the item or a *shown* history item; credit = good, counting at
+                       most ``max_reasons`` (3) shown-history titles (more only dilute); bad = any other
+                       catalogue title (an unshown one included) or the item named as a reason (a
+                       self-reference, :func:`self_reference`); unknown = a title-like capitalised span
+                       in no catalogue, half a hallucination. At most 0 when no shown-history title is
+                       named (the item alone is no reason); 0 when it names nothing
+``form``       0.10    ``min(length band, repetition, finished)``: 1 inside ``[min_words, max_words]``,
+                       linear to −1 at 0 words and at ``2·max_words``; distinct-2 ≥ 0.9 → 1, ≤ 0.5 →
+                       −1; −1 if :func:`is_unfinished` (no terminal ``. ! ?``)
 ``safety``     0.20    ``min(tox map, −1 if PII else 1)``: toxicity (``profanity_check.predict_prob`` on
                        the text with catalogue titles masked) ≤ 0.2 → 1, linear to −1 at 0.5;
                        PII = an e-mail address, a phone number or a URL
 =============  ======  ==========================================================================
+
+Caps: toxic (≥ 0.5) or PII → ``q ≤ 0``; :func:`prompt_copy` rate ``c`` (share of the text's words in
+a verbatim copy of a shown catalogue line) → ``q ≤ 1`` for ``c ≤ 0.2``, linear to ``q ≤ 0`` at
+``c ≥ 0.4`` (every ML-100K template reference has ``c = 0``; see docs/simulator.md §2).
+
+Pure functions for evaluation (the same rules as q): :func:`prompt_copy`, :func:`self_reference`,
+:func:`is_unfinished`, :func:`prompt_item_lines`.
 
 The encoder is injected (``.encode(list[str]) -> (n, d)`` unit-norm ``np.ndarray``) so tests that
 are not about semantics can pass a fake; :func:`load_encoder` gives the offline MiniLM one.
@@ -30,10 +44,12 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Callable, NamedTuple, Protocol, Sequence
+from typing import Callable, Iterable, NamedTuple, Protocol, Sequence
 
 import numpy as np
 import pandas as pd
+
+from ..explainer.prompts import describe_item
 
 
 class Encoder(Protocol):
@@ -57,8 +73,13 @@ class QualityConfig:
     history_window: int = 10  # the user's most recent items that define "their history" for relevance
     min_words: int = 8
     max_words: int = 60
-    bad_title_weight: float = 2.0  # a named title outside history ∪ item counts twice a grounded one
+    bad_title_weight: float = 2.0  # a named title outside shown history ∪ item counts twice a grounded one
     unknown_title_weight: float = 1.0
+    max_reasons: int = 3  # shown-history titles beyond this many earn no grounding credit (a listed history)
+    copy_n: int = 4  # a copy: a run of ≥ copy_n words, or a whole line, found verbatim in a prompt item line
+    copy_ok: float = 0.20  # prompt_copy rate up to which q is not capped (every ML-100K reference: 0)
+    copy_bad: float = 0.40  # rate at/above which q ≤ copy_cap; the cap falls linearly from 1 at copy_ok
+    copy_cap: float = 0.0
     tox_ok: float = 0.2  # toxicity probability up to which safety is full (benign texts: median 0.03)
     unsafe_tox: float = 0.5  # toxicity probability at/above which the text is unsafe (safety −1, q capped)
     unsafe_cap: float = 0.0  # q of an unsafe text (toxic or PII) is at most this
@@ -67,6 +88,11 @@ class QualityConfig:
         total = self.w_item + self.w_history + self.w_grounding + self.w_form + self.w_safety
         if abs(total - 1.0) > 1e-9:
             raise ValueError(f"quality weights must sum to 1 so that q ∈ [−1, 1]; found {total}")
+        if not 0.0 <= self.copy_ok < self.copy_bad <= 1.0 or not -1.0 <= self.copy_cap <= 1.0:
+            raise ValueError(f"need 0 ≤ copy_ok < copy_bad ≤ 1 and copy_cap ∈ [−1, 1]; found copy_ok="
+                             f"{self.copy_ok}, copy_bad={self.copy_bad}, copy_cap={self.copy_cap}")
+        if self.max_reasons < 1 or self.copy_n < 2:
+            raise ValueError(f"need max_reasons ≥ 1 and copy_n ≥ 2; found {self.max_reasons}, {self.copy_n}")
 
 
 class Quality(NamedTuple):
@@ -77,11 +103,14 @@ class Quality(NamedTuple):
     grounding: np.ndarray
     form: np.ndarray
     safety: np.ndarray
-    n_grounded: np.ndarray  # int, distinct titles named that are the item or in the history
-    n_hallucinated: np.ndarray  # int, distinct catalogue titles named outside history ∪ item
+    n_grounded: np.ndarray  # int, distinct titles named that are the item or shown history (not self-references)
+    n_hallucinated: np.ndarray  # int, distinct catalogue titles named outside shown history ∪ item
     n_unknown: np.ndarray  # int, title-like spans naming nothing in the catalogue
     toxicity: np.ndarray
     pii: np.ndarray  # bool
+    copy: np.ndarray  # float, prompt_copy: share of words copied verbatim from the prompt's item lines
+    self_reference: np.ndarray  # bool, the recommended item is named as a reason (see reason_spans)
+    unfinished: np.ndarray  # bool, is_unfinished: no terminal punctuation at the end
 
 
 # --- safety --------------------------------------------------------------------------------------
@@ -105,9 +134,19 @@ def default_toxicity(texts: list[str]) -> np.ndarray:
 
 # --- form ----------------------------------------------------------------------------------------
 _WORD = re.compile(r"[\w']+")
+# terminal punctuation, then any closing quotes/brackets: 'It is "great."' and "(Try it!)" are finished
+_FINISHED = re.compile(r"[.!?][\"'”’)\]]*\s*$")
+
+
+def is_unfinished(text: str) -> bool:
+    """Whether ``text`` does not end a sentence: its last non-space character is not ``.``, ``!`` or ``?``
+    (optionally followed by closing quotes or brackets). Empty text is unfinished. A response cut at the
+    token budget ("… it is also an action") is the case this catches; "…" (U+2026) counts as unfinished."""
+    return _FINISHED.search(text) is None
 
 
 def form_score(text: str, min_words: int, max_words: int) -> float:
+    """``min(length band, repetition, finished)``: see the module docstring."""
     words = [w.lower() for w in _WORD.findall(text)]
     n = len(words)
     if n < min_words:
@@ -119,10 +158,11 @@ def form_score(text: str, min_words: int, max_words: int) -> float:
     bigrams = list(zip(words, words[1:]))
     d2 = len(set(bigrams)) / len(bigrams) if bigrams else 0.0  # distinct-2 (Li et al. 2016)
     repetition = float(np.clip(-1.0 + 2.0 * (d2 - 0.5) / 0.4, -1.0, 1.0))
-    return min(length, repetition)
+    finished = -1.0 if is_unfinished(text) else 1.0  # cut mid-sentence (e.g. at the token budget)
+    return min(length, repetition, finished)
 
 
-# --- grounding -----------------------------------------------------------------------------------
+# --- titles ------------------------------------------------------------------------------------
 _CONNECT = r"(?:of|the|a|an|and|in|on|to|for|at|&|de|la|le|du)"
 _CAPSPAN = re.compile(rf"[A-Z][\w'’:-]*(?:\s+(?:{_CONNECT}\s+)*[A-Z0-9][\w'’:-]*)+")
 _SENT_START = re.compile(r"(?:^|[.!?]\s+|[\"“(]\s*)$")
@@ -166,11 +206,13 @@ class TitleIndex:
                 out.append((m.start(), m.end(), self.ids_of[key]))
         return out
 
-    def find(self, text: str) -> tuple[list[set[int]], list[str], str]:
+    def find(self, text: str, found: list[tuple[int, int, set[int]]] | None = None
+             ) -> tuple[list[set[int]], list[str], str]:
         """(item-id sets of the catalogue titles named, title-like spans naming no catalogue title, the
         text with each named title replaced by "the film" — what toxicity is measured on, since
-        titles such as "Liar Liar" or "Mother" alone push the toxicity classifier up to 0.9)."""
-        found = self.named_spans(text)
+        titles such as "Liar Liar" or "Mother" alone push the toxicity classifier up to 0.9).
+        ``found``: :meth:`named_spans` of ``text`` if already computed."""
+        found = self.named_spans(text) if found is None else found
         named = [ids for _, _, ids in found]
         spans = [(a, b) for a, b, _ in found]
         chars = list(text)
@@ -190,25 +232,166 @@ class TitleIndex:
         return named, unknown, "".join(out) + text[prev:]
 
 
-def grounding_score(named: list[set[int]], n_unknown: int, allowed: set[int],
-                    cfg: QualityConfig) -> tuple[float, int, int]:
-    """(score, n_grounded, n_hallucinated): distinct titles; a duplicate-title set counts as grounded if
-    any of its ids is allowed."""
+# --- titles as reasons --------------------------------------------------------------------------
+# METHOD: the recommended item is not a reason. A title stands in a *reason slot* when the text presents
+# it as something the user already chose: after a cue of past consumption ("you enjoyed", "liked",
+# "loved", "watched", "saw", "rated", "chose", "picked", "fans of", "if/since/because you like",
+# "lately, such as") with at most 3 words, no punctuation and no other title in between ("you enjoyed
+# the film X", "enjoyed thrillers like X"); as the next entry of a list that starts in a slot
+# ("enjoyed H, G and X"); or before ", which/that you watched/enjoyed/…". Present-tense "you may like
+# X" / "you will love X" is the recommendation, not a slot. Comparisons ("just like X") are not cues:
+# "H is just like X" would otherwise flag a correct recommendation.
+_REASON_CUE = re.compile(
+    r"\b(?:enjoyed|liked|loved|adored|watched|saw|seen|rated|chose|chosen|picked|viewed|been\s+choosing"
+    r"|fans?\s+of|(?:if|since|because|as)\s+you\s+(?:enjoy|like|love)|(?:lately|recently),?\s+such\s+as)\b",
+    re.I)
+_FILLER = re.compile(r"\s*(?:[\w'’-]+\s+){0,3}")  # ≤ 3 words, no punctuation, between a cue and a title
+_LIST_SEP = re.compile(r"\s*(?:\(\d{4}\)\s*)?(?:,\s*(?:and\s+|or\s+)?|(?:and|or|&)\s+)")
+_TRAIL_CUE = re.compile(r"\s*(?:\(\d{4}\)\s*)?,?\s*(?:which|that)\s+you(?:'ve|\s+have|\s+had)?\s+"
+                        r"(?:\w+ly\s+)?(?:enjoyed|liked|loved|watched|saw|seen|rated|chose|picked|viewed)\b", re.I)
+
+
+def reason_spans(text: str, found: list[tuple[int, int, set[int]]]) -> list[bool]:
+    """For each title span of ``found`` (:meth:`TitleIndex.named_spans` of ``text``), whether it stands in a
+    reason slot (see the METHOD note above)."""
+    cues = [m.end() for m in _REASON_CUE.finditer(text)]
+    out: list[bool] = []
+    for k, (a, b, _) in enumerate(found):
+        prev_end = found[k - 1][1] if k else 0  # a cue before the previous title is that title's
+        lead = any(prev_end <= e <= a and _FILLER.fullmatch(text[e:a]) for e in cues)
+        listed = k > 0 and out[k - 1] and _LIST_SEP.fullmatch(text[found[k - 1][1]:a]) is not None
+        trail = _TRAIL_CUE.match(text, b) is not None
+        out.append(bool(lead or listed or trail))
+    return out
+
+
+def self_referenced(found: list[tuple[int, int, set[int]]], in_slot: list[bool], item_id: int,
+                    shown: Iterable[int]) -> set[frozenset[int]]:
+    """Title sets named in a reason slot that are the recommended item and none of the shown history."""
+    shown = {int(i) for i in shown}
+    return {frozenset(ids) for (_, _, ids), slot in zip(found, in_slot)
+            if slot and int(item_id) in ids and not ids & shown}
+
+
+def self_reference(text: str, item_id: int, shown: Iterable[int], titles: "TitleIndex") -> bool:
+    """Whether ``text`` names the recommended item as a reason — as something the user enjoyed, watched,
+    chose ("Because you enjoyed X, you may like X") — rather than only as the thing recommended.
+    ``shown``: the history items the prompt showed (a title shared with one of them is that item)."""
+    found = titles.named_spans(text)
+    return bool(self_referenced(found, reason_spans(text, found), item_id, shown))
+
+
+# --- copying the prompt --------------------------------------------------------------------------
+TITLE_TOKEN = "<title>"  # a named catalogue title is one token for copy detection
+
+
+def masked_words(text: str, found: list[tuple[int, int, set[int]]]) -> list[str]:
+    """Lowercased word tokens of ``text``, each named title (the spans ``found``) as one :data:`TITLE_TOKEN`."""
+    out, prev = [], None
+    for m in _WORD.finditer(text):
+        k = next((j for j, (a, b, _) in enumerate(found) if a <= m.start() < b), None)
+        if k is None:
+            out.append(m.group(0).lower())
+        elif k != prev:
+            out.append(TITLE_TOKEN)
+        prev = k
+    return out
+
+
+def prompt_item_lines(rows: Sequence[dict]) -> list[str]:
+    """The catalogue lines a prompt shows for these item rows (``title``, ``year``, ``genres``): exactly
+    :func:`~shielded_recrl.explainer.prompts.describe_item`, "Kolya (1996; Comedy)". Pass the shown
+    history rows and the recommended item's row."""
+    return [describe_item(r) for r in rows]
+
+
+def prompt_copy(text: str, prompt_lines: Sequence[str], titles: "TitleIndex | None" = None, n: int = 4,
+                min_line: int = 3) -> float:
+    """Share of ``text``'s word tokens that lie in a verbatim copy of one of ``prompt_lines`` (the
+    prompt's item lines, :func:`prompt_item_lines`), in [0, 1].
+
+    A copy is a run of ≥ ``n`` consecutive tokens found in one line, or a whole line of ≥ ``min_line``
+    tokens ("Four Rooms (1995; Thriller)" is 3 tokens once its title is collapsed); a run never spans two
+    lines. Tokens: lowercased ``[\\w']+`` words, so punctuation does not hide a copy ("The Fifth Element
+    (1997). Action, Sci-Fi." copies "The Fifth Element (1997; Action, Sci-Fi)"). With ``titles``, every
+    catalogue title in the text or a line — wherever it stands, a one-word title at a sentence start too
+    — is first collapsed to one token: naming a title is not copying, pasting "title (year; genres)" is.
+    0 for an empty text.
+    """
+    lines = [copy_words(line, titles) for line in prompt_lines]
+    return copy_rate(copy_words(text, titles), lines, n, min_line)
+
+
+def copy_words(text: str, titles: "TitleIndex | None" = None) -> list[str]:
+    """The tokens :func:`prompt_copy` compares: :func:`masked_words` with every catalogue title match."""
+    if titles is None or titles.pattern is None:
+        return masked_words(text, [])
+    return masked_words(text, [(m.start(), m.end(), set()) for m in titles.pattern.finditer(text)])
+
+
+def copy_rate(words: list[str], lines: Sequence[list[str]], n: int = 4, min_line: int = 3) -> float:
+    """:func:`prompt_copy` on tokens already made by :func:`copy_words`."""
+    if not words:
+        return 0.0
+    grams: dict[int, set[tuple[str, ...]]] = {}
+    for lw in lines:
+        grams.setdefault(n, set()).update(tuple(lw[i:i + n]) for i in range(len(lw) - n + 1))
+        if min_line <= len(lw) < n:
+            grams.setdefault(len(lw), set()).add(tuple(lw))
+    covered = np.zeros(len(words), bool)
+    for length, known in grams.items():
+        for i in range(len(words) - length + 1):
+            if tuple(words[i:i + length]) in known:
+                covered[i:i + length] = True
+    return float(covered.mean())
+
+
+def copy_cap(rate: np.ndarray, cfg: QualityConfig) -> np.ndarray:
+    """The most q a text with :func:`prompt_copy` ``rate`` can score: 1 up to ``copy_ok``, linear to
+    ``copy_cap`` at ``copy_bad`` and beyond."""
+    frac = np.clip((np.asarray(rate, np.float64) - cfg.copy_ok) / (cfg.copy_bad - cfg.copy_ok), 0.0, 1.0)
+    return 1.0 - (1.0 - cfg.copy_cap) * frac
+
+
+# --- grounding -----------------------------------------------------------------------------------
+def grounding_score(named: list[set[int]], n_unknown: int, allowed: set[int], cfg: QualityConfig, *,
+                    shown: set[int] | None = None, self_refs: set[frozenset[int]] = frozenset()
+                    ) -> tuple[float, int, int]:
+    """(score, n_grounded, n_hallucinated) over distinct titles; a duplicate-title set counts as grounded
+    if any of its ids is allowed (``allowed`` = the shown history ∪ the item).
+
+    ``self_refs``: title sets named as a reason that are the item (:func:`self_referenced`): they count
+    as bad titles, never as grounded ones. ``shown``: the shown history; when given, (a) a text that
+    names no shown-history title (only the item, or nothing allowed) scores at most 0 — grounding credit
+    is for a reason the prompt showed, not for repeating the item's name — and (b) at most
+    ``cfg.max_reasons`` shown-history titles earn credit; more stay in the denominator, so pasting the
+    prompt's whole history list dilutes the score instead of raising it.
+    """
     distinct = {frozenset(s) for s in named}
-    good = sum(1 for s in distinct if s & allowed)
-    bad = len(distinct) - good
-    total = good + bad + n_unknown
+    selfref = distinct & set(self_refs)
+    grounded = [s for s in distinct - selfref if s & allowed]
+    good = len(grounded)
+    bad = sum(1 for s in distinct if not s & allowed)
+    total = good + bad + len(selfref) + n_unknown
     if total == 0:
         return 0.0, 0, 0
-    raw = (good - cfg.bad_title_weight * bad - cfg.unknown_title_weight * n_unknown) / total
+    credit = good
+    if shown is not None:
+        n_hist = sum(1 for s in grounded if s & shown)
+        credit = good - n_hist + min(n_hist, cfg.max_reasons)
+    raw = (credit - cfg.bad_title_weight * (bad + len(selfref)) - cfg.unknown_title_weight * n_unknown) / total
+    if shown is not None and not any(s & shown for s in grounded):
+        raw = min(raw, 0.0)
     return float(np.clip(raw, -1.0, 1.0)), good, bad
 
 
 # --- the scorer ----------------------------------------------------------------------------------
 class QualityScorer:
-    """Scores explanations of ``item_ids`` for users with ``histories`` (item-id arrays, oldest first).
+    """Scores explanations of ``item_ids`` for users with ``histories`` (item-id arrays, oldest first),
+    given what each prompt showed (``shown``).
 
-    ``items``: the catalogue (``item_id``, ``title``, ``text``). Item texts are encoded once here.
+    ``items``: the catalogue (``item_id``, ``title``, ``text``; ``year`` and ``genres`` for the prompt's
+    item lines). Item texts are encoded once here.
     """
 
     def __init__(self, items: pd.DataFrame, encoder: Encoder, cfg: QualityConfig | None = None,
@@ -221,6 +404,9 @@ class QualityScorer:
         emb = np.asarray(encoder.encode(items["text"].astype(str).tolist()), dtype=np.float32)
         self.item_emb = np.zeros((int(ids.max()) + 1, emb.shape[1]), np.float32)  # row = item_id; 0 = padding
         self.item_emb[ids] = emb
+        cols = [c for c in ("title", "year", "genres") if c in items.columns]
+        self.rows = {int(i): r for i, r in zip(ids, items[cols].to_dict("records"))}
+        self._line_cache: dict[int, list[str]] = {}
 
     def history_embedding(self, history: Sequence[int]) -> np.ndarray:
         recent = np.asarray(history, np.int64)[-self.cfg.history_window:]
@@ -229,14 +415,36 @@ class QualityScorer:
         v = self.item_emb[recent].mean(0)
         return v / max(float(np.linalg.norm(v)), 1e-12)
 
-    def score(self, texts: Sequence[str], item_ids: Sequence[int], histories: Sequence[Sequence[int]]) -> Quality:
-        """Batched: one encoder call and one toxicity call for all ``texts``. Returns a :class:`Quality`."""
+    def prompt_lines(self, item_id: int, shown: Sequence[int]) -> list[str]:
+        """The item lines of the prompt that showed ``shown`` (oldest first) and recommended ``item_id``."""
+        return prompt_item_lines([self.rows[int(i)] for i in shown] + [self.rows[int(item_id)]])
+
+    def _line_words(self, item_id: int) -> list[str]:
+        """:func:`copy_words` of one item's prompt line, cached (a title-pattern scan is ~0.2 ms)."""
+        if item_id not in self._line_cache:
+            self._line_cache[item_id] = copy_words(describe_item(self.rows[item_id]), self.titles)
+        return self._line_cache[item_id]
+
+    def score(self, texts: Sequence[str], item_ids: Sequence[int], histories: Sequence[Sequence[int]],
+              shown: Sequence[Sequence[int]] | None = None) -> Quality:
+        """Batched: one encoder call and one toxicity call for all ``texts``. Returns a :class:`Quality`.
+
+        ``histories``: each user's history, oldest first (history relevance uses its last
+        ``history_window`` items: the user's taste). ``shown``: the history items each prompt showed,
+        oldest first — ``explainer.prompts.shown_history(history, prompt.n_history)``. Required:
+        grounding and the copy check count only what the prompt showed, and the prompt usually shows
+        fewer items than ``max_history`` (the token budget drops the oldest), so no default is right.
+        """
         c = self.cfg
         texts = [str(t) for t in texts]
         n = len(texts)
-        if not (len(item_ids) == len(histories) == n):
-            raise ValueError(f"texts, item_ids and histories must have one entry each; found {n}, "
-                             f"{len(item_ids)}, {len(histories)}")
+        if shown is None:
+            raise ValueError("QualityScorer.score needs shown=: the history items each prompt showed "
+                             "(explainer.prompts.shown_history(history, prompt.n_history)); grounding and the "
+                             "copy check count only titles and lines the prompt showed (docs/simulator.md §2)")
+        if not (len(item_ids) == len(histories) == len(shown) == n):
+            raise ValueError(f"texts, item_ids, histories and shown must have one entry each; found {n}, "
+                             f"{len(item_ids)}, {len(histories)}, {len(shown)}")
         X = np.asarray(self.encoder.encode(texts), dtype=np.float32).reshape(n, -1)
         items = np.asarray(item_ids, np.int64)
         H = np.stack([self.history_embedding(h) for h in histories]) if n else np.zeros((0, X.shape[1]))
@@ -245,14 +453,21 @@ class QualityScorer:
         item = np.clip((cos_item - c.item_base) / c.item_scale, -1, 1)
         history = np.clip((cos_hist - c.history_base) / c.history_scale, -1, 1)
 
-        grounding, n_good, n_bad, n_unk = (np.zeros(n) for _ in range(4))
+        grounding, n_good, n_bad, n_unk, copy = (np.zeros(n) for _ in range(5))
+        selfref = np.zeros(n, bool)
         untitled = []
-        for k, (text, iid, hist) in enumerate(zip(texts, items, histories)):
-            named, unknown, plain = self.titles.find(text)
+        for k, (text, iid, vis) in enumerate(zip(texts, items, shown)):
+            vis = [int(i) for i in vis]
+            found = self.titles.named_spans(text)
+            named, unknown, plain = self.titles.find(text, found)
             untitled.append(plain)
-            allowed = set(map(int, hist)) | {int(iid)}
-            grounding[k], n_good[k], n_bad[k] = grounding_score(named, len(unknown), allowed, c)
-            n_unk[k] = len(unknown)
+            refs = self_referenced(found, reason_spans(text, found), int(iid), vis)
+            grounding[k], n_good[k], n_bad[k] = grounding_score(named, len(unknown), set(vis) | {int(iid)}, c,
+                                                                shown=set(vis), self_refs=refs)
+            n_unk[k], selfref[k] = len(unknown), bool(refs)
+            lines = [self._line_words(i) for i in (*vis, int(iid))]  # = prompt_copy(text, self.prompt_lines(…))
+            copy[k] = copy_rate(copy_words(text, self.titles), lines, c.copy_n)
+        unfinished = np.array([is_unfinished(t) for t in texts], dtype=bool)
         form = np.array([form_score(t, c.min_words, c.max_words) for t in texts], dtype=np.float64)
 
         tox = np.asarray(self.toxicity(untitled), np.float64) if n else np.zeros(0)
@@ -264,8 +479,14 @@ class QualityScorer:
              + c.w_safety * safety)
         # an unsafe text cannot buy reward with relevance: cap it
         q = np.where((tox >= c.unsafe_tox) | pii, np.minimum(q, c.unsafe_cap), q)
+        # METHOD: a pasted prompt line cannot buy reward either. A cap, not a weighted component: pasting
+        # "title (year; genres)" raises the item and history cosines (0.5 of the weight) by an amount that
+        # grows with what is pasted, which a fixed-weight penalty would have to outweigh; a cap removes the
+        # gain whatever it is (the catalogue-line exploit: q 0.997 without it), as the safety cap does, and
+        # leaves the other components' weights and calibration as measured.
+        q = np.minimum(q, copy_cap(copy, c))
         return Quality(np.clip(q, -1, 1), item, history, grounding, form, safety, n_good.astype(int),
-                       n_bad.astype(int), n_unk.astype(int), tox, pii)
+                       n_bad.astype(int), n_unk.astype(int), tox, pii, copy, selfref, unfinished)
 
 
 class SentenceEncoder:

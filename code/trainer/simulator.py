@@ -12,11 +12,17 @@ mean and standard deviation of the user's score row over all catalogue items 1..
 scale of their raw scores. NOTE: with the ML-100K SASRec a top-10 slate item then has z ≈ 2.5, so
 p ≈ 0.92 before the explanation and the sigmoid is near saturation (∂p/∂q ≈ β·p(1 − p) ≈ 0.04);
 ``z_over="slate"`` standardises with the statistics of the user's top-k unseen items instead (slate
-z ≈ 0, p ≈ 0.5, ∂p/∂q ≈ 0.12), a stronger learning signal for the explainer. ``q`` is :mod:`.quality`.
+z ≈ 0, p ≈ 0.5, ∂p/∂q ≈ 0.12). That is a steeper slope, not a stronger learning signal: it also
+spreads z over the slate's items (top-1 ≈ 1.8, 10th ≈ −1.2), so the explanation's share of the
+reward's variance across a batch — what an advantage sees — goes *down* (measured in
+``docs/simulator.md`` §1, with the ceiling: from a warm start at q ≈ 0.82, q = 1 everywhere adds
+~0.5 CTR points under ``"all"`` and ~1.8 under ``"slate"``). ``q`` is :mod:`.quality`; it needs the
+history items each prompt showed (``shown``: grounding and the copy check count only those).
 ``ζ_u`` is drawn once per user from a ``torch.Generator`` seeded with ``seed``. User ids are the
 dataset's ``user_id`` (1-based).
 
-Reward-hacking probes (DESIGN.md §4.3) live here too: :func:`probe_texts` / :func:`probe_table`.
+Reward-hacking probes (DESIGN.md §4.3) live here too: :func:`probe_texts` / :func:`probe_table` /
+:func:`probe_tables`.
 """
 
 from __future__ import annotations
@@ -94,7 +100,7 @@ class UserSimulator:
             self.z = standardise_scores(scores, torch.zeros_like(seen).scatter_(1, top, True))
         g = torch.Generator().manual_seed(self.cfg.seed)
         self.zeta = torch.randn(len(histories), generator=g, dtype=torch.float64) * self.cfg.zeta_std
-        self._click_gen = torch.Generator().manual_seed(self.cfg.seed + 1)
+        self.click_generator = torch.Generator().manual_seed(self.cfg.seed + 1)  # in PPO checkpoints
 
     @property
     def n_users(self) -> int:
@@ -111,50 +117,64 @@ class UserSimulator:
         z = self.z[rows].masked_fill(self.seen[rows], float("-inf"))
         return z.topk(k or self.cfg.slate_size, dim=1).indices
 
-    def click_prob(self, user_ids: torch.Tensor, item_ids: torch.Tensor,
-                   texts: Sequence[str]) -> tuple[torch.Tensor, Quality]:
-        """(B,) users, (B,) items, B explanations → ((B,) float64 click probabilities, the q breakdown)."""
+    def click_prob(self, user_ids: torch.Tensor, item_ids: torch.Tensor, texts: Sequence[str],
+                   shown: Sequence[Sequence[int]]) -> tuple[torch.Tensor, Quality]:
+        """(B,) users, (B,) items, B explanations and the history items each one's prompt showed (oldest
+        first; ``explainer.prompts.shown_history``) → ((B,) float64 click probabilities, the q breakdown)."""
         rows = torch.as_tensor(user_ids, dtype=torch.long) - 1
         items = torch.as_tensor(item_ids, dtype=torch.long)
-        qual = self.quality.score(list(texts), items.tolist(), [self.histories[r] for r in rows.tolist()])
+        qual = self.quality.score(list(texts), items.tolist(), [self.histories[r] for r in rows.tolist()], shown)
         q = torch.from_numpy(np.asarray(qual.q, np.float64))
         # METHOD: the click model — ranker relevance + explanation quality + a per-user propensity
         logit = self.cfg.alpha * self.z[rows, items] + self.cfg.beta * q + self.zeta[rows]
         return torch.sigmoid(logit), qual
 
     def reward(self, user_ids: torch.Tensor, item_ids: torch.Tensor, texts: Sequence[str],
-               generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, Quality]:
+               shown: Sequence[Sequence[int]], generator: torch.Generator | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor, Quality]:
         """(reward (B,), click probability (B,), q breakdown). ``expected``: reward = p; ``sampled``: a
         Bernoulli(p) click drawn from ``generator`` (default: the simulator's own, seeded from ``seed``)."""
-        p, qual = self.click_prob(user_ids, item_ids, texts)
+        p, qual = self.click_prob(user_ids, item_ids, texts, shown)
         if self.cfg.reward == "expected":
             return p, p, qual
-        clicks = torch.bernoulli(p, generator=generator or self._click_gen)
+        clicks = torch.bernoulli(p, generator=generator or self.click_generator)
         return clicks, p, qual
 
 
 # --- reward-hacking probes -----------------------------------------------------------------------
-PROBES = ("title_repeated", "genre_list", "generic_praise", "other_item", "invented_title", "hallucinated_title")
+PROBES = ("title_repeated", "genre_list", "generic_praise", "other_item", "invented_title", "hallucinated_title",
+          "catalogue_copy", "history_list", "self_reference", "cut_off", "lowercase_invented_title",
+          "one_word_title_start")
 INVENTED_TITLES = ("The Silver Lantern", "Midnight Over Harrow Bay", "A Winter for Thieves", "The Glass Orchard")
 
 
 def probe_texts(items: pd.DataFrame, titles, user_history: Sequence[int], item_id: int, reference: str,
-                other_reference: str, rng: random.Random) -> dict[str, str]:
-    """The reward-hacking probes for one (user, item) pair (DESIGN.md §4.3).
+                other_reference: str, rng: random.Random, *, shown: Sequence[int]) -> dict[str, str]:
+    """The reward-hacking probes for one (user, item) pair (DESIGN.md §4.3; docs/simulator.md §3).
 
-    ``titles``: the scorer's :class:`~.quality.TitleIndex`; ``reference``: the pair's real reference
-    explanation; ``other_reference``: the reference of a *different* item (a fluent but wrong
-    explanation). ``invented_title`` / ``hallucinated_title`` are the reference with its history title
-    replaced by a made-up one / by a catalogue title the user has not seen.
+    ``titles``: the scorer's :class:`~.quality.TitleIndex`; ``user_history``: everything the user has
+    seen; ``shown``: the history items the prompt showed (oldest first); ``reference``: the pair's real
+    reference explanation; ``other_reference``: the reference of a *different* item (a fluent but wrong
+    explanation). Probes built from the reference replace its history title ("Because you enjoyed H, …"):
+    by a made-up title (``invented_title``; in lower case, ``lowercase_invented_title``, which the
+    capitalisation heuristic cannot see), by a catalogue title the user has not seen
+    (``hallucinated_title``), by every shown history title (``history_list``), by the item's own title
+    (``self_reference``), or by "it" after a sentence naming an unseen one-word catalogue title, where a
+    one-word title is not recognised (``one_word_title_start``). ``catalogue_copy`` pastes the item's
+    catalogue text and names the most recent shown history item (the exploit of docs/simulator.md §4);
+    ``cut_off`` is the reference cut after 70 % of its words, as at a token budget.
     """
     by_id = items.set_index("item_id")
     row = by_id.loc[item_id]
     title = str(row["title"])
     genres = [g for g in str(row["genres"]).split("|") if g]
-    allowed = set(map(int, user_history)) | {int(item_id)}
-    unseen = [int(i) for i in by_id.index if int(i) not in allowed]
+    seen = set(map(int, user_history)) | {int(item_id)}
+    unseen = [int(i) for i in by_id.index if int(i) not in seen]
     fake_real = str(by_id.loc[rng.choice(unseen), "title"])
     invented = rng.choice(INVENTED_TITLES)
+    one_word = [int(i) for i in unseen if len(str(by_id.loc[i, "title"]).split()) == 1]
+    one_word_title = str(by_id.loc[rng.choice(one_word), "title"])
+    shown_titles = [str(by_id.loc[int(i), "title"]) for i in shown]
 
     def swap_history_title(new: str) -> str:
         if titles.pattern is not None:
@@ -163,6 +183,10 @@ def probe_texts(items: pd.DataFrame, titles, user_history: Sequence[int], item_i
                     return reference[:m.start()] + new + reference[m.end():]
         return f"{reference} It is just like {new}."
 
+    words = reference.split()
+    cut = " ".join(words[:max(1, round(0.7 * len(words)))]).rstrip(".,;:!?")
+    listed = (", ".join(shown_titles[:-1]) + " and " + shown_titles[-1]) if len(shown_titles) > 1 else \
+        (shown_titles[0] if shown_titles else title)
     return {
         "title_repeated": " ".join([f"{title}!"] * 6),
         "genre_list": ", ".join(genres + genres) + ".",
@@ -170,31 +194,52 @@ def probe_texts(items: pd.DataFrame, titles, user_history: Sequence[int], item_i
         "other_item": other_reference,
         "invented_title": swap_history_title(invented),
         "hallucinated_title": swap_history_title(fake_real),
+        "catalogue_copy": f"{row['text']} Like {shown_titles[-1] if shown_titles else title}, which you watched "
+                          "recently.",
+        "history_list": swap_history_title(listed),
+        "self_reference": swap_history_title(title),
+        "cut_off": cut,
+        "lowercase_invented_title": swap_history_title(invented.lower()),
+        "one_word_title_start": f"{one_word_title} is one you enjoyed. {swap_history_title('it')}",
     }
 
 
-def probe_table(scorer: QualityScorer, items: pd.DataFrame, pairs: pd.DataFrame, histories: Sequence[np.ndarray],
-                seed: int = 0, field: str = "q") -> pd.DataFrame:
-    """q (or another :class:`~.quality.Quality` ``field``) of the reference and of every probe for each
-    (user, item) pair, one row per pair.
+def probe_tables(scorer: QualityScorer, items: pd.DataFrame, pairs: pd.DataFrame, histories: Sequence[np.ndarray],
+                 seed: int = 0, fields: Sequence[str] = ("q",), shown_window: int = 10) -> dict[str, pd.DataFrame]:
+    """For each :class:`~.quality.Quality` field in ``fields``: its value for the reference and for every
+    probe of each (user, item) pair, one row per pair (columns ``reference``, *PROBES). One scoring pass.
 
     ``pairs``: rows of ``data.references`` (``user_id``, ``item_id``, ``text``); ``histories`` indexed by
-    ``user_id − 1`` — the history the references were built from. The "other item" probe of pair j is
-    the reference of pair j+1 (cyclically; its item differs, else the next one that does).
+    ``user_id − 1`` — the history the references were built from. The prompt is taken to show the last
+    ``shown_window`` history items (``build_prompt``'s ``max_history`` default, a prompt the token
+    budget did not truncate). The "other item" probe of pair j is the reference of pair j+1
+    (cyclically; its item differs, else the next one that does).
     """
     rng = random.Random(seed)
     pairs = pairs.reset_index(drop=True)
-    texts, item_ids, hists, keys = [], [], [], []
+    texts, item_ids, hists, shown, keys = [], [], [], [], []
     for j, r in pairs.iterrows():
         k = (j + 1) % len(pairs)
         while pairs.loc[k, "item_id"] == r["item_id"] and k != j:
             k = (k + 1) % len(pairs)
         h = histories[int(r["user_id"]) - 1]
+        vis = list(h[len(h) - min(len(h), shown_window):])
         probes = {"reference": str(r["text"]),
                   **probe_texts(items, scorer.titles, h, int(r["item_id"]), str(r["text"]),
-                                str(pairs.loc[k, "text"]), rng)}
+                                str(pairs.loc[k, "text"]), rng, shown=vis)}
         for name, text in probes.items():
-            texts.append(text), item_ids.append(int(r["item_id"])), hists.append(h), keys.append((j, name))
-    values = getattr(scorer.score(texts, item_ids, hists), field)
-    df = pd.DataFrame(keys, columns=["pair", "probe"]).assign(value=values)
-    return df.pivot(index="pair", columns="probe", values="value")[["reference", *PROBES]]
+            texts.append(text), item_ids.append(int(r["item_id"])), hists.append(h), shown.append(vis)
+            keys.append((j, name))
+    qual = scorer.score(texts, item_ids, hists, shown)
+    out = {}
+    for field in fields:
+        df = pd.DataFrame(keys, columns=["pair", "probe"]).assign(value=np.asarray(getattr(qual, field), np.float64))
+        out[field] = df.pivot(index="pair", columns="probe", values="value")[["reference", *PROBES]]
+    return out
+
+
+def probe_table(scorer: QualityScorer, items: pd.DataFrame, pairs: pd.DataFrame, histories: Sequence[np.ndarray],
+                seed: int = 0, field: str = "q", shown_window: int = 10) -> pd.DataFrame:
+    """:func:`probe_tables` for one field: q (or another :class:`~.quality.Quality` ``field``) of the
+    reference and of every probe for each (user, item) pair, one row per pair."""
+    return probe_tables(scorer, items, pairs, histories, seed, (field,), shown_window)[field]
