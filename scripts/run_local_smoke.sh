@@ -63,6 +63,8 @@ mapfile -t C_RANKER < <(cfg sasrec)
 mapfile -t C_EXPL < <(cfg explainer)
 mapfile -t C_PPO < <(cfg recrl)
 mapfile -t C_EVAL < <(cfg eval)
+# the smoke profile evaluates 32 users (plumbing, not a measurement; the shipped eval.yaml says 256)
+[ "$PROFILE" = smoke ] && C_EVAL=(--n_users 32)
 TAGS=(shielded no_projection frozen)
 
 run_stage download "$PY" code/dataset/download.py --dataset "$DATASET"

@@ -7,6 +7,7 @@ temporary RECRL_ROOT holding the processed ML-100K data from the ``ml100k_proces
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -16,6 +17,7 @@ import pytest
 
 from shielded_recrl.audit import bias, policy, privacy, toxicity
 from shielded_recrl.common.errors import InputError
+from shielded_recrl.trainer.config import RecRLConfig
 from shielded_recrl.trainer.quality import TitleIndex, default_toxicity
 
 REPO = Path(__file__).resolve().parents[1]
@@ -142,6 +144,20 @@ def test_thresholds_file_is_checked(tmp_path):
         policy.load_thresholds(tmp_path / "none.yaml")
 
 
+def write_fake_checkpoint(step: Path, cfg) -> None:
+    """A step folder with the files the run object checks (placeholder tensors: the audit never loads them)."""
+    from shielded_recrl.common import manifest
+    from shielded_recrl.trainer import run_folder
+
+    step.mkdir(parents=True)
+    for name in (run_folder.POLICY, run_folder.VALUE_HEAD, run_folder.STATE):
+        (step / name).write_bytes(b"not read by the audit")
+    (step / run_folder.CONFIG).write_text(json.dumps(run_folder.config_record(cfg, {})))
+    names = (run_folder.POLICY, run_folder.VALUE_HEAD, run_folder.STATE, run_folder.CONFIG)
+    manifest.write(step, manifest.build("recrl", config=dataclasses.asdict(cfg), outputs={n: step / n for n in names},
+                                        extra={"step": int(step.name.split("-")[1])}))
+
+
 # --- the CLI end to end -------------------------------------------------------------------------------
 @pytest.fixture
 def fake_run(tmp_path, monkeypatch, ml):
@@ -154,9 +170,7 @@ def fake_run(tmp_path, monkeypatch, ml):
     shutil.copyfile(REPO / "docs" / "policy_thresholds.yaml", tmp_path / "docs" / "policy_thresholds.yaml")
     runs = tmp_path / "checkpoints" / "recrl" / "ml100k"
     step = runs / "shielded" / "step-000002"
-    step.mkdir(parents=True)
-    (step / "manifest.json").write_text(json.dumps({"stage": "recrl", "step": 2,
-                                                    "config": {"dataset": "ml100k", "tag": "shielded"}}))
+    write_fake_checkpoint(step, RecRLConfig(dataset="ml100k", tag="shielded", no_projection=True))
     (runs / "shielded" / "latest").write_text(json.dumps({"step": 2, "folder": "step-000002"}))
     (runs / "latest").write_text(json.dumps({"tag": "shielded", "step": 2, "folder": "shielded/step-000002"}))
     items = data.items.set_index("item_id")
@@ -190,6 +204,13 @@ def test_checkpoint_forms_resolve_to_the_same_run(fake_run):
         resolve_checkpoint("checkpoints/recrl/ml100k/shielded/latest")
     with pytest.raises(InputError, match="expected checkpoints/recrl/<D>/latest"):
         resolve_checkpoint("checkpoints/recrl/ml100k/shielded")
+    # dataset and tag come from the checkpoint's own config, not from where the folder lies
+    moved = root / "elsewhere" / "renamed" / "step-000002"
+    shutil.copytree(step, moved)
+    assert resolve_checkpoint(str(moved)) == ("ml100k", "shielded", moved, 2)
+    (moved / "config.json").write_text((moved / "config.json").read_text().replace('"tag": "shielded"', '"tag": "x"'))
+    with pytest.raises(InputError, match="sha256"):  # the manifest catches an edited config
+        resolve_checkpoint(str(moved))
 
 
 def test_clean_run_passes_and_writes_all_reports(fake_run):

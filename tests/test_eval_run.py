@@ -44,7 +44,7 @@ def runs(ml100k_processed, tiny_dir, tmp_path_factory):
         (root / "experiments" / "none.yaml").write_text("seed: 0\n")
         common = ["--dataset", "ml100k", "--lora_rank", "4", "--micro_batch_size", "2", "--grad_accum", "1",
                   "--max_seq_len_explainer", "120", "--explanation_max_len", "16", "--max_new_tokens", "6",
-                  "--ppo_batch", "2", "--sim_batch", "2", "--epochs", "1", "--max_steps", "1", "--store_lr", "0.05", "--monitor_every", "0",
+                  "--ppo_batch", "2", "--sim_batch", "2", "--group_size", "2", "--epochs", "1", "--max_steps", "1", "--store_lr", "0.05", "--monitor_every", "0",
                   "--config", "experiments/none.yaml"]
         run_recrl_cli.run(run_recrl_cli.parse(common + ["--projection_basis", "checkpoints/basis_ml100k.pt",
                                                         "--tag", "shielded"]), reward_fn=length_reward)
@@ -76,6 +76,14 @@ def test_evaluate_run_writes_metrics_and_explanations(runs, monkeypatch):
     assert all(r["item_id"] == targets[r["user_id"] - 1] and r["reference"] for r in test_items)
     assert all(r["item_id"] in r["slate"] for r in recs if r["set"] == "slate")
     assert all(0.0 <= r["ctr"] <= 1.0 for r in recs if r["set"] == "slate")
+    # every system difference is paired over the same users, with its SE and p-value
+    vs = frozen["vs_warm_start"]
+    assert set(vs) == {"recrl", "base", "template"}
+    for field in ("ctr", "q", "faith1", "hallucinated", "prompt_copy", "self_reference", "unfinished", "judge_item"):
+        c = vs["recrl"][field]
+        assert c["n"] == 4 and c["ci_low"] <= c["diff"] <= c["ci_high"] and 0.0 <= c["p"] <= 1.0, field
+    slate_rows = [r for r in recs if r["set"] == "slate"]
+    assert all(set(r["shown"]) <= set(r["history"]) and r["faith1"] in (0.0, 1.0) for r in slate_rows)
 
     shielded = evaluate_run.main(EVAL + ["--tag", "shielded"])
     assert shielded["mode"] == "shielded" and shielded["step"] == 1

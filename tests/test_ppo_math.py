@@ -82,3 +82,62 @@ def test_explained_variance():
     # residual (0,0,−1): var 2/9; var y = 2/3 → 1 − 1/3
     assert P.explained_variance(t([1.0, 2, 4, 0]), t([1.0, 2, 3, 8]), t([1, 1, 1, 0.0])) == pytest.approx(2 / 3)
     assert math.isnan(P.explained_variance(t([1.0, 2]), t([3.0, 3])))
+
+
+# --- group advantages (issue 13) ------------------------------------------------------------------------
+def test_group_advantages_of_a_constant_reward_are_zero_and_follow_their_definitions():
+    from shielded_recrl.trainer.ppo_math import group_advantages
+
+    const = torch.tensor([0.9, 0.9, 0.9, 0.3, 0.3, 0.3])
+    for kind in ("rloo", "grpo"):
+        assert torch.equal(group_advantages(const, 3, kind), torch.zeros(6))
+    r = torch.tensor([1.0, 2.0, 6.0, 0.0, 0.0, 3.0])
+    rloo = group_advantages(r, 3, "rloo")
+    want = torch.tensor([1 - 4.0, 2 - 3.5, 6 - 1.5, 0 - 1.5, 0 - 1.5, 3 - 0.0])  # r_i − mean of the others
+    torch.testing.assert_close(rloo, want)
+    grpo = group_advantages(r, 3, "grpo")
+    g = r.reshape(2, 3)
+    torch.testing.assert_close(grpo, ((g - g.mean(1, keepdim=True)) / (g.std(1, unbiased=False, keepdim=True) + 1e-6)).reshape(-1))
+    # adding a per-prompt constant (the user's ζ_u, the item's z) changes nothing
+    shift = torch.tensor([5.0, 5.0, 5.0, -2.0, -2.0, -2.0])
+    for kind in ("rloo", "grpo"):
+        torch.testing.assert_close(group_advantages(r + shift, 3, kind), group_advantages(r, 3, kind))
+
+
+def test_group_advantages_refuse_bad_shapes():
+    from shielded_recrl.trainer.ppo_math import group_advantages
+
+    with pytest.raises(ValueError, match="group_size"):
+        group_advantages(torch.zeros(4), 1)
+    with pytest.raises(ValueError, match="multiple"):
+        group_advantages(torch.zeros(5), 2)
+    with pytest.raises(ValueError, match="kind"):
+        group_advantages(torch.zeros(4), 2, "gae")
+
+
+def test_gae_first_advantages_do_not_follow_length_once_the_critic_starts_at_the_reward_level():
+    """Issue 13 point 2: a critic at 0 with rewards ≈ 0.9 makes GAE's first advantages λ^{L−1−t}·R — after
+    whitening, short responses positive and long ones negative whatever their content. Started at the
+    batch-mean reward (what PPOTrainer does, ValueHead.start_at), the advantage follows the reward only."""
+    from shielded_recrl.trainer.ppo import ValueHead
+    from shielded_recrl.trainer.ppo_math import advantages
+
+    g = torch.Generator().manual_seed(0)
+    B, T = 256, 32
+    lengths = torch.randint(4, T + 1, (B,), generator=g)
+    mask = torch.arange(T)[None] < lengths[:, None]
+    score = 0.9 + 0.01 * torch.randn(B, generator=g)  # a click reward: high, independent of length
+    zeros = torch.zeros(B, T)
+
+    def length_corr(values):
+        adv, _, _ = advantages("gae", score, zeros, zeros, values, mask, kl_beta=0.0, gamma=1.0, lam=0.95)
+        per_response = (adv * mask).sum(1) / mask.sum(1)
+        return float(torch.corrcoef(torch.stack([per_response, lengths.float()]))[0, 1])
+
+    assert length_corr(zeros) < -0.5  # the artefact, with the old zero start
+    head = ValueHead(8)
+    head.start_at(float(score.mean()))
+    started = head(torch.randn(B, T, 8)) * mask
+    assert abs(length_corr(started)) < 0.2 and bool(head.started)
+    rloo, _, _ = advantages("rloo", torch.full((B,), 0.9), zeros, zeros, zeros, mask, kl_beta=0.05, group_size=4)
+    assert torch.equal(rloo, torch.zeros_like(rloo))  # a constant reward gives no advantage

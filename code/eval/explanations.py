@@ -22,7 +22,7 @@ import torch
 
 from ..explainer.generation import generate
 from ..explainer.policy import Example, Explainer
-from ..explainer.prompts import item_kind
+from ..explainer.prompts import item_kind, shown_history
 
 SYSTEMS = ("recrl", "warm_start", "base", "template")
 SETS = ("test_item", "slate")
@@ -78,9 +78,15 @@ def explain(explainer: Explainer, examples: Sequence[Example], dec: Decoding, se
         prep = explainer.prepare(chunk)
         out = generate(explainer.model, explainer.tok, explainer.embed(prep), prep.prompts.mask,
                        max_new_tokens=dec.max_new_tokens, temperature=dec.temperature, top_p=dec.top_p,
-                       do_sample=dec.do_sample)
+                       do_sample=dec.do_sample, score=False)  # texts only
         texts.extend(out.texts)
     return texts
+
+
+def shown_items(explainer: Explainer, examples: Sequence[Example]) -> list[list[int]]:
+    """The history items each example's prompt shows under ``explainer``'s prompt settings (what its
+    explanation may cite; the token budget decides how many)."""
+    return [[int(i) for i in shown_history(ex.history, explainer.prompt(ex).n_history)] for ex in examples]
 
 
 @contextlib.contextmanager
@@ -111,12 +117,17 @@ def template_texts(explainer: Explainer, examples: Sequence[Example], dataset: s
 
 
 def records(system: str, which: str, examples: Sequence[Example], texts: Sequence[str], sources: Sequence[str],
-            slates: dict[int, list[int]], q: np.ndarray, ctr: np.ndarray | None, tox: np.ndarray) -> list[dict]:
-    """Rows of ``explanations.jsonl`` (the format the audits and aggregation read)."""
+            slates: dict[int, list[int]], q: np.ndarray, ctr: np.ndarray | None, tox: np.ndarray,
+            shown: Sequence[Sequence[int]], extra: dict[str, np.ndarray] | None = None) -> list[dict]:
+    """Rows of ``explanations.jsonl`` (the format the audits and aggregation read); ``shown``: the history
+    items each prompt showed (:func:`shown_items`); ``extra``: more per-explanation values (n,) by name
+    (the indicators ``compare.py`` pairs across systems)."""
     out = []
     for j, (ex, text) in enumerate(zip(examples, texts)):
         out.append({"system": system, "set": which, "user_id": int(ex.user_id), "item_id": int(ex.item_id),
                     "text": text, "reference": ex.reference, "reference_source": sources[j],
-                    "history": [int(i) for i in ex.history], "slate": slates[int(ex.user_id)],
-                    "q": float(q[j]), "ctr": None if ctr is None else float(ctr[j]), "toxicity": float(tox[j])})
+                    "history": [int(i) for i in ex.history], "shown": [int(i) for i in shown[j]],
+                    "slate": slates[int(ex.user_id)],
+                    "q": float(q[j]), "ctr": None if ctr is None else float(ctr[j]), "toxicity": float(tox[j]),
+                    **{k: float(v[j]) for k, v in (extra or {}).items()}})
     return out

@@ -137,13 +137,17 @@ def drift_report(model, data, split: str, table: torch.Tensor, *, k: int = 10, r
 
 
 @torch.no_grad()
-def reference_scores(model, data, split: str, *, k: int = 10, batch_size: int = 1024) -> dict:
-    """The original store's scores, top-k, per-user NDCG@k/HR@k (full ranking, seen masked) on ``split``."""
+def reference_scores(model, data, split: str, *, k: int = 10, batch_size: int = 1024,
+                     item_table: torch.Tensor | None = None) -> dict:
+    """The original store's scores, top-k, per-user NDCG@k/HR@k (full ranking, seen masked) on ``split``.
+
+    ``item_table``: the store to score with (default: the model's own table as it is now). Pass ``E0``
+    explicitly when the model's table may already have moved (a resumed run)."""
     from ..ranker import metrics as M
     from ..ranker.data import eval_inputs
     from ..ranker.evaluate import all_scores
 
-    s0 = all_scores(model, data, split, batch_size=batch_size)
+    s0 = all_scores(model, data, split, item_table=item_table, batch_size=batch_size)
     inputs = eval_inputs(data, split, model.cfg.max_len)
     ranks0 = M.target_ranks(s0, inputs.targets, inputs.seen)
     finite = s0[:, 1:]

@@ -14,12 +14,12 @@ import torch
 import torch.nn.functional as F
 
 
-class Rollout(NamedTuple):
+class Generated(NamedTuple):
     """B sampled responses of at most T tokens.
 
     response_ids:  (B, T) long  — generated ids, ``pad_id`` after the end of each response
     response_mask: (B, T) bool  — True on response tokens (the end-of-turn token included)
-    logprobs:      (B, T) float — log π(token | prompt, earlier tokens), 0 where masked
+    logprobs:      (B, T) float — log π(token | prompt, earlier tokens), 0 where masked (None: not scored)
     texts:         list[str]    — the decoded responses (special tokens removed), prompt not included
     """
 
@@ -66,28 +66,43 @@ def response_nll(model, prompt_embeds, prompt_mask, response_ids, response_mask)
     return -lp.sum() / max(n, 1), n
 
 
+def sampling_config(tok, *, max_new_tokens: int, temperature: float, top_p: float, do_sample: bool):
+    """A generation config with nothing but what we ask for: every other logits processor that would change
+    the sampling distribution (repetition penalty, no-repeat n-grams, top-k, suppressed or forced tokens,
+    typical/epsilon/eta cutoffs, a minimum length — whatever the model's own ``generation_config`` carries)
+    is at its neutral default. So PPO samples from exactly the distribution :func:`sequence_logprobs`
+    scores (with ``top_p < 1`` the nucleus truncation is the one, stated, difference)."""
+    from transformers import GenerationConfig
+
+    eos = tok.eos_token_id
+    if do_sample and temperature > 0:
+        return GenerationConfig(max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature, top_p=top_p,
+                                top_k=0, pad_token_id=tok.pad_token_id, eos_token_id=eos)
+    return GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id,
+                            eos_token_id=eos)
+
+
 @torch.no_grad()
 def generate(model, tok, prompt_embeds: torch.Tensor, prompt_mask: torch.Tensor, *, max_new_tokens: int = 48,
-             temperature: float = 1.0, top_p: float = 1.0, do_sample: bool = True) -> Rollout:
+             temperature: float = 1.0, top_p: float = 1.0, do_sample: bool = True, score: bool = True) -> Generated:
     """Sample (or greedily decode) responses to a left-padded batch of prompt embeddings.
 
     Seeded through torch's global generator (``seed_everything``). ``temperature`` and ``top_p`` shape
-    sampling; the returned log-probs are under the policy at ``temperature`` (before top-p truncation),
-    recomputed with :func:`sequence_logprobs` so PPO's old and new log-probs are the same function.
+    sampling (:func:`sampling_config`: nothing else does); the returned log-probs are under the policy at
+    ``temperature`` (before top-p truncation), recomputed with :func:`sequence_logprobs` so PPO's old and
+    new log-probs are the same function. ``score=False`` skips that pass (``logprobs`` is then None): the
+    PPO trainer scores the samples itself, in the pass that also reads the value head.
     """
     eos = tok.eos_token_id
-    kwargs = dict(max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id, eos_token_id=eos)
-    if do_sample and temperature > 0:
-        kwargs.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
-    else:
-        kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-    out = model.generate(inputs_embeds=prompt_embeds, attention_mask=prompt_mask, **kwargs)
+    config = sampling_config(tok, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                             do_sample=do_sample)
+    out = model.generate(inputs_embeds=prompt_embeds, attention_mask=prompt_mask, generation_config=config)
     ids = out if isinstance(out, torch.Tensor) else out.sequences
     if ids.shape[1] == 0:  # nothing generated (max_new_tokens 0)
         ids = torch.full((prompt_embeds.shape[0], 1), tok.pad_token_id, dtype=torch.long, device=prompt_embeds.device)
     mask = response_mask(ids, {eos})
     ids = ids.masked_fill(~mask, tok.pad_token_id)
     lp = sequence_logprobs(model, prompt_embeds, prompt_mask, ids, mask,
-                           temperature=temperature if do_sample and temperature > 0 else 1.0)
+                           temperature=temperature if do_sample and temperature > 0 else 1.0) if score else None
     texts = [tok.decode(row[m].tolist(), skip_special_tokens=True).strip() for row, m in zip(ids, mask)]
-    return Rollout(ids, mask, lp, texts)
+    return Generated(ids, mask, lp, texts)

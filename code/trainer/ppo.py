@@ -1,26 +1,35 @@
-"""Shielded PPO for the explainer: rollouts → per-token rewards → GAE → clipped PPO epochs → shield.
+"""Shielded PPO for the explainer: group rollouts → advantages → clipped PPO epochs → shield.
 
 Importable, no file I/O (the stage script ``run_recrl_cli.py`` does loading, logging and checkpoints).
 
 One iteration (``PPOTrainer.step``), DESIGN.md §4.2:
 
-1. **Rollout** — ``ppo_batch`` (user, slate item) pairs, generated ``sim_batch`` at a time with the
-   current policy (``generation.generate``); the reward function (the user simulator, or a test reward)
-   scores each explanation.
-2. **Old / reference log-probs and values** — a no-grad pass of the current policy gives the old log-probs
-   and the value head's values; a second no-grad pass with the *warm-start* weights swapped in gives the
-   reference log-probs. NOTE: the reference policy is the warm start itself (initial LoRA + bridge + store
-   ``E0``). Instead of a second model in memory we keep a copy of the initial *trainable* tensors only
-   (LoRA, bridge, ``E``: a few MB) and swap them in for one forward (:meth:`PPOTrainer.reference_weights`);
-   the frozen base weights are shared, so this is exactly the warm-start policy.
-3. **Rewards** — ``r_t = −kl_beta·KL_t`` on every response token plus the simulator reward at the last one
-   (Ziegler et al. 2019, arXiv:1909.08593 §2.2; Stiennon et al. 2020, arXiv:2009.01325 eq. 1).
-4. **GAE** (Schulman et al. 2016, arXiv:1506.02438) and advantage whitening (Huang et al. 2022, "The 37
-   Implementation Details of PPO", detail #7).
-5. **PPO epochs** — ``epochs`` passes over the batch in shuffled mini-batches of
-   ``micro_batch_size × grad_accum``; clipped surrogate + clipped value loss (Schulman et al. 2017,
-   arXiv:1707.06347 eq. 7; Huang et al. 2022 #9); global gradient-norm clipping (#11); AdamW.
-6. **Shield** — after every optimizer step, ``Shield.after_step`` projects the store's update off the
+1. **Rollout** — ``ppo_batch / group_size`` (user, slate item) prompts, each explained ``group_size``
+   times by the current policy (``generation.generate``; the prompt and the bridge's soft tokens are built
+   once per prompt and the batch expanded), ``sim_batch`` explanations at a time; the reward function
+   (the user simulator's click or q, or a test reward) scores each explanation.
+2. **Old / reference log-probs and values** — one no-grad pass of the current policy gives the old
+   log-probs and the value head's values (generation does not score its own samples: this pass is the
+   one place they are scored, so the update's first-epoch ratio is exactly 1); a second pass with the
+   *warm-start* weights swapped in gives the reference log-probs, skipped when ``kl_beta = 0``. NOTE:
+   the reference policy is the warm start itself (initial LoRA + bridge + store ``E0``). Instead of a
+   second model in memory we keep a copy of the initial *trainable* tensors only (a few MB) and swap them
+   in for one forward (:meth:`PPOTrainer.reference_weights`).
+3. **Advantages** (``advantage``):
+   - ``rloo`` / ``grpo`` (default ``rloo``): the sequence reward minus ``kl_beta`` times the sequence's
+     KL to the warm start, baselined within its group — leave-one-out mean (Ahmadian et al. 2024,
+     arXiv:2402.14740) or group mean/std (Shao et al. 2024, arXiv:2402.03300) — and broadcast over the
+     response tokens. Why groups (measured, DESIGN.md §4.2): the click reward's variance across a batch
+     is mostly the user and the item, which every sample of one prompt shares, so it cancels.
+   - ``gae``: ``r_t = −kl_beta·KL_t`` on every token plus the reward at the last one (Ziegler et al. 2019,
+     arXiv:1909.08593 §2.2), GAE (Schulman et al. 2016, arXiv:1506.02438) on a value head whose output
+     starts at the first batch's mean reward (a zero start with rewards ≈ 0.9 makes the first
+     advantages a function of response length), and whitening (Huang et al. 2022 #7).
+4. **PPO epochs** — ``epochs`` passes over the batch in shuffled mini-batches of
+   ``micro_batch_size × grad_accum``; clipped surrogate (Schulman et al. 2017, arXiv:1707.06347 eq. 7),
+   the value loss under ``gae`` only (clipped when ``value_clip > 0``); global gradient-norm clipping
+   (Huang et al. 2022 #11); AdamW.
+5. **Shield** — after every optimizer step, ``Shield.after_step`` projects the store's update off the
    ranking subspace and applies the per-row trust region (DESIGN.md §1); ``frozen`` restores it bit for
    bit, ``no_projection`` lets it move.
 
@@ -38,7 +47,6 @@ weights.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import math
 import time
@@ -49,37 +57,16 @@ from torch import nn
 
 from ..explainer.generation import generate, sequence_logprobs
 from ..explainer.policy import Explainer
+from ..explainer.prompts import shown_history
 from ..projection.shield import Shield
 from . import ppo_math as P
+from .config import PPOSettings
 
 log = logging.getLogger("recrl")
 
-# (user ids (B,), item ids (B,), texts, response token ids per text) → (reward (B,), click probability (B,))
-RewardFn = Callable[[torch.Tensor, torch.Tensor, Sequence[str], list], tuple[torch.Tensor, torch.Tensor]]
-
-
-@dataclasses.dataclass
-class PPOSettings:
-    ppo_batch: int = 8           # explanations per PPO iteration
-    sim_batch: int = 4           # explanations generated (and scored) at a time
-    epochs: int = 2              # PPO epochs over each batch
-    micro_batch_size: int = 2
-    grad_accum: int = 2          # micro-batches per optimizer step
-    lr: float = 1e-4             # LoRA + bridge + value head
-    store_lr: float = 1e-3       # the shared store E (its own learning rate)
-    weight_decay: float = 0.0
-    kl_beta: float = 0.05
-    kl_kind: str = "k1"          # k1 | k3 (ppo_math.kl_penalty)
-    gamma: float = 1.0           # a response is one episode; no discount (Ziegler et al. 2019)
-    lam: float = 0.95
-    clip: float = 0.2            # policy ratio clip ε
-    value_clip: float = 0.2
-    vf_coef: float = 0.5
-    grad_clip: float = 1.0
-    max_new_tokens: int = 40
-    temperature: float = 1.0
-    top_p: float = 1.0
-    value_hidden: int = 256
+# (user ids (B,), item ids (B,), texts, response token ids per text, the history items each prompt showed)
+#   → (reward (B,), click probability (B,))
+RewardFn = Callable[[torch.Tensor, torch.Tensor, Sequence[str], list, list], tuple[torch.Tensor, torch.Tensor]]
 
 
 class ValueHead(nn.Module):
@@ -90,6 +77,14 @@ class ValueHead(nn.Module):
         self.net = nn.Sequential(nn.LayerNorm(d_model), nn.Linear(d_model, hidden), nn.GELU(), nn.Linear(hidden, 1))
         nn.init.zeros_(self.net[-1].weight)
         nn.init.zeros_(self.net[-1].bias)
+        self.register_buffer("started", torch.zeros((), dtype=torch.bool))  # checkpointed with the weights
+
+    @torch.no_grad()
+    def start_at(self, value: float) -> None:
+        """Make the (still constant) head output ``value``: its last layer's weights are zero, so the output
+        is the bias. Called once, with the first batch's mean reward."""
+        self.net[-1].bias.fill_(value)
+        self.started.fill_(True)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return self.net(h.float()).squeeze(-1)
@@ -105,8 +100,9 @@ def final_norm(model) -> nn.Module:
     return norm
 
 
-class Batch(NamedTuple):
-    """One PPO batch of B explanations (T = longest response).
+class Rollout(NamedTuple):
+    """One PPO rollout: B = ppo_batch explanations, ``group_size`` consecutive rows per prompt
+    (T = longest response). The generation output it is built from is ``generation.Generated``.
 
     examples, prompts: B (user, item, history) and their built prompts (re-collated per micro-batch)
     users, items:      (B,) long
@@ -155,12 +151,11 @@ class PPOTrainer:
         self.value_head.to(explainer.device)
         self.policy_params = explainer.trainable_parameters()
         self.store = shield.param if shield is not None else None
-        store_trains = self.store is not None and shield.cfg.mode != "frozen"
-        explainer.store_grad = store_trains  # frozen: E is detached in the bridge, no gradient at all
+        store_trains = shield is not None and shield.trains_store  # METHOD: the shield's mode decides
+        explainer.set_store_grad(store_trains)  # frozen: E is detached in the bridge, no gradient at all
         groups = [{"params": self.policy_params, "lr": settings.lr, "weight_decay": settings.weight_decay},
-                  {"params": list(self.value_head.parameters()), "lr": settings.lr, "weight_decay": 0.0}]
+                  {"params": list(self.value_head.parameters()), "lr": settings.value_lr, "weight_decay": 0.0}]
         if store_trains:
-            self.store.requires_grad_(True)
             groups.append({"params": [self.store], "lr": settings.store_lr, "weight_decay": 0.0})
         self.opt = torch.optim.AdamW(groups)
         # the warm-start (reference) policy's trainable tensors, swapped in for the reference pass
@@ -206,22 +201,33 @@ class PPOTrainer:
 
     # --- rollout ---------------------------------------------------------------------------------
     @torch.no_grad()
-    def rollout(self, generator: torch.Generator) -> Batch:
+    def rollout(self, generator: torch.Generator) -> Rollout:
         s = self.s
+        G = s.group_size
         parts = []
-        n_left = s.ppo_batch
+        n_left = s.ppo_batch // G  # prompts
         while n_left > 0:
-            n = min(s.sim_batch, n_left)
+            n = min(s.prompts_per_chunk, n_left)
             users, items, examples = self.sample_pairs(n, generator)
             prompts = [self.x.prompt(ex) for ex in examples]
             prep = self.x.prepare(examples, prompts)
-            out = generate(self.x.model, self.x.tok, self.x.embed(prep), prep.prompts.mask,
-                           max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p)
+            embeds, pmask = self.x.embed(prep), prep.prompts.mask
+            if G > 1:  # METHOD: G samples per prompt, from one prompt encoding (bridge + embeddings) expanded
+                embeds, pmask = embeds.repeat_interleave(G, 0), pmask.repeat_interleave(G, 0)
+                users, items = (torch.as_tensor(t).repeat_interleave(G) for t in (users, items))
+                examples = [e for e in examples for _ in range(G)]
+                prompts = [q for q in prompts for _ in range(G)]
+            out = generate(self.x.model, self.x.tok, embeds, pmask, max_new_tokens=s.max_new_tokens,
+                           temperature=s.temperature, top_p=s.top_p, score=False)
             ids, mask = out.response_ids.cpu(), out.response_mask.cpu()
             old_logp, values = self.forward(examples, prompts, ids, mask)
-            with self.reference_weights():
-                ref_logp, _ = self.forward(examples, prompts, ids, mask)
-            reward, ctr = self.reward_fn(users, items, out.texts, [r[k].tolist() for r, k in zip(ids, mask)])
+            if s.kl_beta != 0:
+                with self.reference_weights():
+                    ref_logp, _ = self.forward(examples, prompts, ids, mask)
+            else:  # no KL term: the reference pass would only feed a logged diagnostic
+                ref_logp = old_logp
+            shown = [shown_history(e.history, q.n_history) for e, q in zip(examples, prompts)]
+            reward, ctr = self.reward_fn(users, items, out.texts, [r[k].tolist() for r, k in zip(ids, mask)], shown)
             parts.append((examples, prompts, users, items, ids, mask, old_logp.cpu(), ref_logp.cpu(),
                           values.cpu(), reward.float().cpu(), ctr.float().cpu(), out.texts))
             n_left -= n
@@ -234,28 +240,34 @@ class PPOTrainer:
         old_logp, ref_logp, values = (_pad_cat([p[k] for p in parts], 0.0) for k in (6, 7, 8))
         reward, ctr = torch.cat([p[9] for p in parts]), torch.cat([p[10] for p in parts])
         texts = [t for p in parts for t in p[11]]
-        # METHOD: per-token KL penalty against the warm-start policy + the simulator reward at the last token
-        rewards, kl = P.per_token_rewards(reward, old_logp, ref_logp, mask, s.kl_beta, s.kl_kind)
-        adv, returns = P.gae(rewards, values, mask, s.gamma, s.lam)  # METHOD: GAE (Schulman et al. 2016)
-        if int(mask.sum()) >= 2:
-            adv = P.whiten(adv, mask)  # METHOD: advantage whitening (Huang et al. 2022 #7)
-        return Batch(ex, pr, users, items, ids, mask, old_logp, ref_logp, values, adv, returns, kl, reward, ctr,
+        if s.advantage == "gae" and not bool(self.value_head.started):
+            self.value_head.start_at(float(reward.mean()))  # METHOD: the critic starts at the reward's level
+            values = (values + float(reward.mean())) * mask
+        adv, returns, kl = P.advantages(s.advantage, reward, old_logp, ref_logp, values, mask, kl_beta=s.kl_beta,
+                                        kl_kind=s.kl_kind, group_size=G, gamma=s.gamma, lam=s.lam)
+        return Rollout(ex, pr, users, items, ids, mask, old_logp, ref_logp, values, adv, returns, kl, reward, ctr,
                      texts)
 
     # --- update ----------------------------------------------------------------------------------
-    def restore_store(self, values: torch.Tensor) -> None:
-        """Set the store to ``values`` (the drift guard's rollback) and drop AdamW's moments for it, so the
-        next step does not replay the momentum that drove it off."""
-        if self.store is None:
-            return
+    def snapshot(self) -> list[torch.Tensor]:
+        """Copies of every tensor the optimizer trains (policy, value head, store), for :meth:`restore`."""
+        return [p.detach().clone() for p in self._all_params()]
+
+    def restore(self, values: Sequence[torch.Tensor]) -> None:
+        """Put a :meth:`snapshot` back (the drift guard's rollback) and drop AdamW's moments of every
+        parameter, so the next step does not replay the momentum that drove the run off."""
+        params = self._all_params()
+        if len(values) != len(params):
+            raise ValueError(f"a snapshot of {len(params)} tensors is needed; found {len(values)}")
         with torch.no_grad():
-            self.store.copy_(values)
-        self.opt.state.pop(self.store, None)
+            for p, v in zip(params, values):
+                p.copy_(v.to(p))
+        self.opt.state.clear()
 
     def _all_params(self) -> list[torch.Tensor]:
         return [p for g in self.opt.param_groups for p in g["params"]]
 
-    def update(self, b: Batch, generator: torch.Generator) -> dict[str, float]:
+    def update(self, b: Rollout, generator: torch.Generator) -> dict[str, float]:
         s = self.s
         B = len(b.examples)
         mb = s.micro_batch_size * s.grad_accum
@@ -277,8 +289,11 @@ class PPOTrainer:
                     m = mask.to(dev)
                     pl = P.clipped_policy_loss(logp, b.old_logp[j, :T].to(dev), b.advantages[j, :T].to(dev), m,
                                                s.clip)  # METHOD: PPO clipped surrogate
-                    vl, vclip = P.clipped_value_loss(v, b.values[j, :T].to(dev), b.returns[j, :T].to(dev), m,
-                                                     s.value_clip)
+                    if s.advantage == "gae":  # the critic exists only for GAE
+                        vl, vclip = P.clipped_value_loss(v, b.values[j, :T].to(dev), b.returns[j, :T].to(dev), m,
+                                                         s.value_clip)
+                    else:
+                        vl = vclip = torch.zeros((), device=dev)
                     # token-weighted accumulation: the mini-batch loss is the mean over all its tokens
                     w = float(mask.sum()) / max(n_tok, 1.0)
                     loss = (pl.loss + s.vf_coef * vl) * w
@@ -307,10 +322,11 @@ class PPOTrainer:
                     self.shield.after_step()  # METHOD: the shield on the shared store after every AdamW step
                     self.shield_seconds += time.perf_counter() - t
         out = {k: (sum(v) / len(v) if v else math.nan) for k, v in stats.items()}
-        out["explained_variance"] = P.explained_variance(b.values, b.returns, b.response_mask)
+        out["explained_variance"] = (P.explained_variance(b.values, b.returns, b.response_mask)
+                                     if s.advantage == "gae" else math.nan)
         return out
 
-    def step(self, generator: torch.Generator) -> tuple[dict[str, float], Batch]:
+    def step(self, generator: torch.Generator) -> tuple[dict[str, float], Rollout]:
         """One PPO iteration → (metrics, the batch)."""
         t0 = time.time()
         b = self.rollout(generator)

@@ -150,9 +150,13 @@ def clipped_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.T
 def clipped_value_loss(v: torch.Tensor, old_v: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
                        clip: float = 0.2) -> tuple[torch.Tensor, torch.Tensor]:
     """Clipped value loss (Huang et al. 2022, detail #9), all (B, T):
-    ``0.5 · mean max((v − R)², (old_v + clip(v − old_v, −ε, ε) − R)²)``. Returns ``(loss, clip_frac)``."""
+    ``0.5 · mean max((v − R)², (old_v + clip(v − old_v, −ε, ε) − R)²)``; ``clip ≤ 0``: ``0.5 · mean (v − R)²``.
+    Returns ``(loss, clip_frac)``."""
+    l1 = (v - returns) ** 2
+    if clip <= 0:  # no clipping (the default: a clip in reward units depends on the reward's scale)
+        return 0.5 * masked_mean(l1, mask), torch.zeros((), dtype=v.dtype, device=v.device)
     v_clipped = old_v + torch.clamp(v - old_v, -clip, clip)
-    l1, l2 = (v - returns) ** 2, (v_clipped - returns) ** 2
+    l2 = (v_clipped - returns) ** 2
     loss = 0.5 * masked_mean(torch.maximum(l1, l2), mask)
     with torch.no_grad():
         clip_frac = masked_mean((l2 > l1).to(v.dtype), mask)
@@ -168,3 +172,72 @@ def explained_variance(y_pred: torch.Tensor, y_true: torch.Tensor, mask: torch.T
     if var_y.item() == 0:
         return math.nan
     return float(1.0 - masked_var(y_true - y_pred, mask, unbiased=False) / var_y)
+
+
+# --- group baselines (DESIGN.md §4.2 "Advantages come from groups") -------------------------------------
+ADVANTAGES = ("rloo", "grpo", "gae")
+
+
+def group_advantages(score: torch.Tensor, group_size: int, kind: str = "rloo", eps: float = 1e-6) -> torch.Tensor:
+    """Sequence-level advantages from groups of ``group_size`` samples of one prompt. (B,) → (B,).
+
+    ``score`` holds consecutive groups (rows ``g·G … g·G + G − 1`` share a prompt).
+
+    - ``rloo``: ``A_i = r_i − mean_{j≠i} r_j`` — the leave-one-out baseline, unbiased because the
+      baseline does not depend on sample i (Ahmadian et al. 2024, "Back to Basics: Revisiting
+      REINFORCE-Style Optimization for Learning from Human Feedback in LLMs", arXiv:2402.14740, eq. 7;
+      Kool et al. 2019). Equal to ``G/(G−1) · (r_i − mean_j r_j)``.
+    - ``grpo``: ``A_i = (r_i − mean_j r_j) / (std_j r_j + eps)`` — group-normalised (Shao et al. 2024,
+      "DeepSeekMath", arXiv:2402.03300, §4.1.2; std without Bessel's correction, as TRL's GRPOTrainer).
+
+    A group whose samples all score the same gets advantage 0 under either: whatever the user and the
+    item contribute to the reward (the same for every sample of a prompt) cancels.
+    """
+    # METHOD: the per-prompt baseline — the user/item part of the reward cancels inside a group
+    if kind not in ("rloo", "grpo"):
+        raise ValueError(f"group advantage kind must be 'rloo' or 'grpo'; found {kind!r}")
+    if group_size < 2:
+        raise ValueError(f"a group advantage needs group_size ≥ 2; found {group_size}")
+    if score.ndim != 1 or score.numel() % group_size:
+        raise ValueError(f"score must be (B,) with B a multiple of group_size {group_size}; "
+                         f"found shape {tuple(score.shape)}")
+    r = score.reshape(-1, group_size).double()
+    mean = r.mean(1, keepdim=True)
+    if kind == "rloo":
+        adv = (r - mean) * (group_size / (group_size - 1))
+    else:
+        adv = (r - mean) / (r.std(1, unbiased=False, keepdim=True) + eps)
+    return adv.reshape(-1).to(score.dtype)
+
+
+def sequence_kl(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor, kind: str = "k1") -> torch.Tensor:
+    """Σ_t KL_t over each response's tokens: (B, T) → (B,) (the KL of a whole explanation)."""
+    return (kl_penalty(logp, ref_logp, kind) * mask.to(logp.dtype)).sum(1)
+
+
+def advantages(kind: str, score: torch.Tensor, logp: torch.Tensor, ref_logp: torch.Tensor, values: torch.Tensor,
+               mask: torch.Tensor, *, kl_beta: float, kl_kind: str = "k1", group_size: int = 1, gamma: float = 1.0,
+               lam: float = 0.95) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Token advantages of one PPO batch → ``(advantages, returns, kl)``, each (B, T), 0 on padding.
+
+    ``score`` (B,) the reward of each response (rows grouped by prompt for ``rloo``/``grpo``); ``kl`` is the
+    per-token KL estimate to the reference policy.
+
+    - ``rloo`` / ``grpo``: the sequence reward ``score − kl_beta·Σ_t KL_t`` gets its group baseline
+      (:func:`group_advantages`) and every response token carries that advantage; ``returns`` is 0 (no
+      critic).
+    - ``gae``: per-token rewards (:func:`per_token_rewards`), :func:`gae` on ``values``, then
+      :func:`whiten` over the batch's tokens.
+    """
+    m = mask.to(logp.dtype)
+    if kind == "gae":
+        rewards, kl = per_token_rewards(score, logp, ref_logp, mask, kl_beta, kl_kind)
+        adv, returns = gae(rewards, values, mask, gamma, lam)  # METHOD: GAE (Schulman et al. 2016)
+        if int(mask.sum()) >= 2:
+            adv = whiten(adv, mask)  # METHOD: advantage whitening (Huang et al. 2022 #7)
+        return adv, returns, kl
+    kl = kl_penalty(logp, ref_logp, kl_kind) * m
+    # METHOD: KL to the warm start in the sequence reward, then the group baseline, broadcast over tokens
+    seq = score.to(logp.dtype) - kl_beta * kl.sum(1)
+    adv = group_advantages(seq, group_size, kind)[:, None] * m
+    return adv, torch.zeros_like(adv), kl

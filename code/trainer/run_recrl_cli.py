@@ -6,14 +6,13 @@
 
 Reads ``data/proc/<D>/``, the ranker, the warm start ``checkpoints/lora_init_<D>/`` and (shielded) the
 basis; writes ``logs/<D>/<tag>/`` (train.log, metrics.jsonl) and ``checkpoints/recrl/<D>/<tag>/step-XXXXXX/``
-(adapter, bridge, value head, store delta, optimizer, RNG, step, config, manifest) with a ``latest``
-pointer file (JSON) per run, and ``checkpoints/recrl/<D>/latest`` naming the dataset's most recently saved
+(see :mod:`.run_folder`: LoRA, bridge, value head, store delta, optimizer, RNG, config, manifest) with a
+``latest`` pointer per run and ``checkpoints/recrl/<D>/latest`` naming the dataset's most recently saved
 checkpoint of any tag. ``--resume auto`` continues from the run's ``latest``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import time
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from shielded_recrl.common import atomic, manifest
+from shielded_recrl.common import atomic
 from shielded_recrl.common.configs import parse_config, to_dict
 from shielded_recrl.common.device import prepare_runtime
 from shielded_recrl.common.errors import InputError, run_cli
@@ -30,17 +29,17 @@ from shielded_recrl.common.paths import checkpoints_dir, logs_dir, portable_path
 from shielded_recrl.common.seeding import rng_state, set_rng_state, torch_generator
 from shielded_recrl.dataset.processed import load_processed
 from shielded_recrl.eval.ranking_drift import drift_report, reference_scores
-from shielded_recrl.explainer.checkpoint import load_explainer, read_info
+from shielded_recrl.explainer.checkpoint import read_info
 from shielded_recrl.explainer.policy import Example
 from shielded_recrl.projection.artifacts import load_basis
 from shielded_recrl.projection.shield import Shield, ShieldConfig
 from shielded_recrl.ranker.checkpoint import checkpoint_sha256, load_ranker
 from shielded_recrl.ranker.evaluate import all_scores
-from shielded_recrl.trainer.config import RecRLConfig
-from shielded_recrl.trainer.ppo import PPOSettings, PPOTrainer, ValueHead
+from shielded_recrl.trainer import run_folder
+from shielded_recrl.trainer.config import RecRLConfig, ppo_settings
+from shielded_recrl.trainer.ppo import PPOTrainer, ValueHead
 from shielded_recrl.trainer.simulator import SimulatorConfig, UserSimulator
 
-STAGE = "recrl"
 log = logging.getLogger("recrl")
 MODE_FIX = "Pass exactly one of --projection_basis FILE (shielded), --no_projection or --freeze_store."
 
@@ -50,7 +49,7 @@ def parse(argv=None) -> RecRLConfig:
         cfg, _ = parse_config(RecRLConfig, argv, description=__doc__.splitlines()[0],
                               default_yaml="experiments/recrl_default.yaml")
     except ValueError as err:
-        raise InputError("--explanation_max_len", "a response budget below --max_seq_len_explainer", str(err)) from None
+        raise InputError("the command line and --config", "consistent PPO settings", str(err)) from None
     check(cfg)
     return cfg
 
@@ -59,9 +58,9 @@ def check(cfg: RecRLConfig) -> None:
     n_modes = sum([bool(cfg.projection_basis), cfg.no_projection, cfg.freeze_store])
     if n_modes != 1:
         raise InputError("command line", "a store mode", "none" if n_modes == 0 else "more than one", MODE_FIX)
-    if cfg.tag in ("", "latest", ".", "..") or "/" in cfg.tag or "\\" in cfg.tag:
-        raise InputError("--tag", "a folder name other than 'latest' (checkpoints/recrl/<D>/latest is a pointer)",
-                         repr(cfg.tag))
+    if cfg.tag in ("", ".", "..", *run_folder.RESERVED_TAGS) or "/" in cfg.tag or "\\" in cfg.tag:
+        raise InputError("--tag", f"a folder name other than {run_folder.RESERVED_TAGS} (checkpoints/recrl/<D>/latest "
+                         "is a pointer; the others are other stages' folders under logs/<D>/)", repr(cfg.tag))
     if cfg.max_new_tokens > cfg.explanation_max_len:
         raise InputError("--max_new_tokens", f"at most --explanation_max_len ({cfg.explanation_max_len})",
                          str(cfg.max_new_tokens), "Lower --max_new_tokens or raise --explanation_max_len.")
@@ -73,18 +72,20 @@ def make_shield(cfg: RecRLConfig, ranker, ranker_path: Path) -> tuple[Shield, di
     if cfg.mode == "shielded":
         path = resolve_user_path(cfg.projection_basis)
         basis = load_basis(path, d=E.shape[1], ranker_sha256=checkpoint_sha256(ranker_path))
-        rho = cfg.trust_radius if cfg.trust_radius >= 0 else basis.get("trust_radius")
+        if cfg.trust_radius >= 0:
+            rho = cfg.trust_radius
+        elif "trust_radius" not in basis:
+            raise InputError(path, "a basis that records its trust radius ρ (run_basis.py writes it)",
+                             "no trust_radius key", "Rebuild it with run_basis.py, or pass --trust_radius ρ "
+                             "(0.2 is the shipped default; docs/shield.md).")
+        else:
+            rho = basis["trust_radius"]
+            if rho is None:
+                log.warning("%s records trust_radius None: the shield runs without a trust region", path)
         info = {"basis": str(path), "rank": int(basis["rank"]), "energy": float(basis["energy"]), "trust_radius": rho}
         return Shield(E, basis["Q"], ShieldConfig(mode="shielded", energy=float(basis["energy"]), trust_radius=rho)), info
     rho = cfg.trust_radius if cfg.trust_radius >= 0 else None
     return Shield(E, None, ShieldConfig(mode=cfg.mode, trust_radius=rho)), {"trust_radius": rho}
-
-
-def ppo_settings(cfg: RecRLConfig) -> PPOSettings:
-    """The PPO loop's settings: every :class:`PPOSettings` field the command line exposes, by name (the
-    rest keep PPOSettings' defaults)."""
-    names = {f.name for f in dataclasses.fields(RecRLConfig)}
-    return PPOSettings(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(PPOSettings) if f.name in names})
 
 
 def make_pair_sampler(sim: UserSimulator, histories):
@@ -101,88 +102,50 @@ def make_pair_sampler(sim: UserSimulator, histories):
     return sample
 
 
-def simulator_reward(sim: UserSimulator):
-    def reward(users, items, texts, ids=None):
-        r, p, _ = sim.reward(users, items, texts)
-        return r, p
+def simulator_reward(sim: UserSimulator, kind: str):
+    """The PPO reward from the simulator: its click (expected or sampled, ``--sim_reward``) or the
+    explanation quality q alone (``--reward q``); the click probability is returned either way (the
+    reported metric)."""
+
+    def reward(users, items, texts, ids, shown):
+        r, p, qual = sim.reward(users, items, texts, shown=shown)
+        return (torch.as_tensor(qual.q, dtype=torch.float64) if kind == "q" else r), p
 
     return reward
 
 
-# --- checkpoints -------------------------------------------------------------------------------------
-def run_dir(cfg: RecRLConfig) -> Path:
-    return checkpoints_dir() / "recrl" / cfg.dataset / cfg.tag
-
-
-def save_step(cfg: RecRLConfig, trainer: PPOTrainer, step: int, extra_state: dict, started: float,
-              resolved: dict[str, str]) -> Path:
-    """``resolved``: the input paths as found (root-relative), recorded in config.json next to the flags as
-    typed, which may be relative to the folder the run was started from."""
-    from safetensors.torch import save_file
-
-    out = run_dir(cfg) / f"step-{step:06d}"
-    x = trainer.x
-    with atomic.atomic_dir(out) as tmp:
-        x.model.save_pretrained(tmp / "adapter", safe_serialization=True)
-        trainable = {n: p.detach().cpu().contiguous() for n, p in x.model.named_parameters() if p.requires_grad}
-        save_file(trainable, tmp / "policy_trainable.safetensors")  # exact tensors for resume
-        if x.bridge is not None:
-            save_file({k: v.detach().cpu().contiguous() for k, v in x.bridge.state_dict().items()},
-                      tmp / "bridge.safetensors")
-        save_file({k: v.detach().cpu().contiguous() for k, v in trainer.value_head.state_dict().items()},
-                  tmp / "value_head.safetensors")
-        sh = trainer.shield
-        torch.save({"store_delta": (sh.param.detach() - sh.E0).cpu(), "optimizer": trainer.opt.state_dict(),
-                    "rng": rng_state(), "step": step, "skipped_steps": trainer.skipped_steps, **extra_state},
-                   tmp / "state.pt")
-        atomic.write_json(tmp / "config.json", {**to_dict(cfg), "mode": cfg.mode, "resolved": resolved})
-        outputs = {n: tmp / n for n in ("adapter", "value_head.safetensors", "state.pt", "config.json")}
-        m = manifest.build(STAGE, config=to_dict(cfg), outputs=outputs, seed=cfg.seed, started=started,
-                           extra={"step": step})
-        for rec in m["outputs"].values():
-            rec["path"] = rec["path"].replace(tmp.name, out.name, 1)
-        manifest.write(tmp, m)
-    atomic.write_json(run_dir(cfg) / "latest", {"step": step, "folder": out.name})
-    # the dataset's most recent checkpoint of any run (the audit's --model_ckpt checkpoints/recrl/<D>/latest)
-    atomic.write_json(run_dir(cfg).parent / "latest", {"tag": cfg.tag, "step": step, "folder": f"{cfg.tag}/{out.name}"})
-    return out
-
-
+# --- checkpoints ---------------------------------------------------------------------------------------
 def find_resume(cfg: RecRLConfig) -> Path | None:
     if not cfg.resume:
         return None
     if cfg.resume != "auto":
         return resolve_user_path(cfg.resume)
-    pointer = run_dir(cfg) / "latest"
-    if not pointer.exists():
-        log.info("--resume auto: no %s yet; starting fresh", pointer)
-        return None
-    return run_dir(cfg) / json.loads(pointer.read_text())["folder"]
+    folder = run_folder.latest(cfg.dataset, cfg.tag)
+    if folder is None:
+        log.info("--resume auto: no checkpoint of %s/%s yet; starting fresh", cfg.dataset, cfg.tag)
+    return folder
 
 
-def load_step(folder: Path, cfg: RecRLConfig, trainer: PPOTrainer) -> dict:
-    from safetensors.torch import load_file
-
-    if not (folder / "state.pt").exists():
-        raise InputError(folder, "a PPO checkpoint folder (state.pt)", "no such file", "Check --resume.")
-    old = json.loads((folder / "config.json").read_text())
+def load_step(folder: Path, cfg: RecRLConfig, trainer: PPOTrainer, sim: UserSimulator) -> dict:
+    """Put a checkpoint's policy, value head, store, optimizer, RNG and simulator click generator in place;
+    returns its ``state.pt``."""
+    ckpt = run_folder.open_checkpoint(folder)
+    if (ckpt.dataset, ckpt.tag) != (cfg.dataset, cfg.tag):
+        raise InputError(folder, f"a checkpoint of run {cfg.dataset}/{cfg.tag}", f"run {ckpt.dataset}/{ckpt.tag}",
+                         "Resume a checkpoint of this run (or pass its --tag).")
+    old = to_dict(ckpt.config)
     diff = {k: (old.get(k), v) for k, v in to_dict(cfg).items() if old.get(k) != v and k not in ("resume", "max_steps")}
     if diff:
         log.warning("resuming with a config that differs from the checkpoint's: %s", diff)
-    x = trainer.x
-    params = dict(x.model.named_parameters())
+    run_folder.load_policy(ckpt, trainer.x, trainer.value_head)
+    state = ckpt.state()
+    sh = trainer.shield
     with torch.no_grad():
-        for n, t in load_file(folder / "policy_trainable.safetensors").items():
-            params[n].copy_(t)
-        if x.bridge is not None:
-            x.bridge.load_state_dict(load_file(folder / "bridge.safetensors"))
-        trainer.value_head.load_state_dict(load_file(folder / "value_head.safetensors"))
-        state = torch.load(folder / "state.pt", map_location="cpu", weights_only=True)
-        sh = trainer.shield
-        sh.param.copy_(sh.E0 + state["store_delta"].to(sh.E0))
+        sh.param.copy_(ckpt.store(sh.E0, state))
     trainer.opt.load_state_dict(state["optimizer"])
     trainer.skipped_steps = int(state.get("skipped_steps", 0))
     set_rng_state(state["rng"])
+    sim.click_generator.set_state(state["click_generator"])
     return state
 
 
@@ -209,14 +172,9 @@ def run(cfg: RecRLConfig, reward_fn=None) -> dict:
         resolved["projection_basis"] = portable_path(resolve_user_path(cfg.projection_basis))
     ranker.to(device)
     shield, shield_info = make_shield(cfg, ranker, ranker_path)  # validates the basis before the LLM loads
-    explainer, _ = load_explainer(ex_dir, items=data.items, ranker=ranker, device=device, dtype=dtype,
-                                  quant="int8" if cfg.int8 else "none", trainable=True,
-                                  expect_id_map=data.id_map_sha256, ranker_sha256=checkpoint_sha256(ranker_path),
-                                  store_grad=cfg.mode != "frozen")
-    if cfg.mode == "frozen":
-        ranker.item_emb.weight.requires_grad_(False)
-    explainer.settings = dataclasses.replace(explainer.settings,
-                                             max_prompt_len=cfg.max_seq_len_explainer - cfg.explanation_max_len)
+    explainer = run_folder.build_explainer(cfg, ex_dir, data=data, ranker=ranker,
+                                           ranker_sha256=checkpoint_sha256(ranker_path), device=device,
+                                           dtype=dtype, trainable=True)
 
     # the simulator: slates from the original ranker (the explainer explains, it does not re-rank)
     histories = data.sequences("train")
@@ -230,23 +188,24 @@ def run(cfg: RecRLConfig, reward_fn=None) -> dict:
         quality = None
     sim = UserSimulator(scores, histories, quality, SimulatorConfig(slate_size=cfg.slate_size, reward=cfg.sim_reward,
                                                                     z_over=cfg.z_over, seed=cfg.seed))
-    settings = ppo_settings(cfg)
-    trainer = PPOTrainer(explainer, shield, settings, make_pair_sampler(sim, histories),
-                         reward_fn or simulator_reward(sim),
-                         ValueHead(explainer.model.config.hidden_size, settings.value_hidden))
+    trainer = PPOTrainer(explainer, shield, ppo_settings(cfg), make_pair_sampler(sim, histories),
+                         reward_fn or simulator_reward(sim, cfg.reward),
+                         ValueHead(explainer.model.config.hidden_size, cfg.value_hidden))
+    # METHOD: the drift guard compares with the original store E0 — computed before a resume puts the
+    # checkpoint's store in place, so a resumed run keeps measuring drift since E0, not since the resume
+    guard = cfg.monitor_every > 0
+    ref = reference_scores(ranker, data, "valid", item_table=shield.E0) if guard else None
 
     gen = torch_generator(cfg.seed)
-    step, good_store = 0, shield.param.detach().clone()
+    step, good = 0, trainer.snapshot()
     resume_from = find_resume(cfg)
     if resume_from is not None:
-        state = load_step(resume_from, cfg, trainer)
+        state = load_step(resume_from, cfg, trainer, sim)
         step = int(state["step"])
         gen.set_state(state["generator"])
-        good_store = shield.E0 + state["good_store_delta"].to(shield.E0)
+        good = list(state["good"])
         log.info("resumed from %s at step %d", resume_from, step)
 
-    guard = cfg.monitor_every > 0
-    ref = reference_scores(ranker, data, "valid") if guard else None
     guard_active = guard and cfg.mode != "no_projection"  # the ablation's drift stays visible
     metrics_path = log_dir / "metrics.jsonl"
     stop_reason = "max_steps"
@@ -270,9 +229,9 @@ def run(cfg: RecRLConfig, reward_fn=None) -> dict:
                     if cfg.drift_action == "stop":
                         stop_reason = "drift_guard"
                     else:
-                        trainer.restore_store(good_store)
+                        trainer.restore(good)  # METHOD: policy and store back to the last good check
                 elif not tripped:
-                    good_store = shield.param.detach().clone()
+                    good = trainer.snapshot()
             mlog.log(metrics, step)
             log.info("step %d: reward %.4f ctr %.4f kl %.4f approx_kl %.2e clip %.3f vloss %.4f %.1fs | %s", step,
                      metrics["env/reward"], metrics["env/ctr"], metrics["objective/kl"], metrics["losses/approx_kl"],
@@ -281,9 +240,11 @@ def run(cfg: RecRLConfig, reward_fn=None) -> dict:
             save_now = step == cfg.max_steps or stop_reason != "max_steps" or \
                 (cfg.save_every > 0 and step % cfg.save_every == 0)
             if save_now:
-                save_step(cfg, trainer, step, {"generator": gen.get_state(),
-                                               "good_store_delta": (good_store - shield.E0).cpu()}, started,
-                          resolved)
+                state = {"store_delta": (shield.param.detach() - shield.E0).cpu(), "optimizer": trainer.opt.state_dict(),
+                         "rng": rng_state(), "generator": gen.get_state(), "click_generator": sim.click_generator.get_state(),
+                         "skipped_steps": trainer.skipped_steps, "good": [t.cpu() for t in good]}
+                run_folder.save_step(cfg, resolved, step, explainer=explainer, value_head=trainer.value_head,
+                                     state=state, started=started)
             if stop_reason != "max_steps":
                 break
     # The summary covers the whole run, resumed parts included: it is rebuilt from metrics.jsonl (one row
