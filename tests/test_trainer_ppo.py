@@ -320,7 +320,8 @@ def test_resume_keeps_the_guard_on_E0_the_click_stream_and_rollback_restores_the
     common = ["--dataset", "ml100k", "--ranker_ckpt", str(ranker_path), "--no_projection", "--store_lr", "0.5",
               "--micro_batch_size", "2", "--grad_accum", "1", "--max_seq_len_explainer", "120", "--kl_beta", "0.5",
               "--explanation_max_len", "16", "--max_new_tokens", "4", "--ppo_batch", "4", "--sim_batch", "4", "--group_size", "2",
-              "--epochs", "1", "--config", "experiments/none.yaml"] + (["--sim_reward", "sampled", "--z_over", "slate"] if sampled else [])
+              "--epochs", "1", "--config", "experiments/none.yaml"] + (["--sim_reward", "sampled", "--z_over", "slate", "--panel_users", "4", "--panel_every", "2"]
+                 if sampled else [])
     run_recrl_cli.run(run_recrl_cli.parse(common + ["--max_steps", "2", "--tag", "a"]), reward_fn=reward)
     run_recrl_cli.run(run_recrl_cli.parse(common + ["--max_steps", "4", "--tag", "a", "--resume", "auto"]),
                       reward_fn=reward)
@@ -335,6 +336,15 @@ def test_resume_keeps_the_guard_on_E0_the_click_stream_and_rollback_restores_the
                 "env/ctr"):
         assert [r[key] for r in rows["a"]] == pytest.approx([r[key] for r in rows["b"]], rel=1e-6, abs=1e-9), key
     assert len({r["monitor/val_ndcg@10_orig"] for r in rows["a"]}) == 1  # one reference: E0
+    if sampled:  # the fixed validation panel: the same pairs, paired against the warm start, resumed or not
+        for key in ("panel/dq", "panel/dq_se", "panel/dctr_pp"):
+            got = {t: [r[key] for r in rows[t] if key in r] for t in ("a", "b")}
+            assert len(got["b"]) == 2 and got["a"] == pytest.approx(got["b"], abs=1e-9), key
+        assert [r["step"] for r in rows["b"] if "panel/dq" in r] == [2, 4]
+        best = json.loads((root / "checkpoints" / "recrl" / "ml100k" / "b" / "best").read_text())
+        assert (root / "checkpoints" / "recrl" / "ml100k" / "b" / best["folder"]).is_dir()
+        summary = json.loads((root / "logs" / "ml100k" / "b" / "summary.json").read_text())
+        assert summary["best_step"] == best["step"] and len(summary["panel"]) == 2
 
     # rollback: an impossible floor trips every check, so policy, value head and store stay the warm start's
     run_recrl_cli.run(run_recrl_cli.parse(common[:4] + ["--projection_basis", "checkpoints/basis_ml100k.pt"]

@@ -73,7 +73,10 @@ CHECKPOINT_KEYS = ("max_seq_len_explainer", "explanation_max_len", "slate_size",
 class EvalConfig:
     dataset: str = dataclasses.field(default="ml100k", metadata={"help": "ml100k | ml25m | steam | books"})
     tag: str = dataclasses.field(default="shielded", metadata={"help": "the run: checkpoints/recrl/<D>/<tag>/"})
-    step: int = dataclasses.field(default=0, metadata={"help": "checkpoint step (0: the run's latest)"})
+    step: int = dataclasses.field(default=0, metadata={"help": "checkpoint step (0: the one --checkpoint names)"})
+    checkpoint: str = dataclasses.field(default="latest", metadata={
+        "choices": ["latest", "best"], "help": "with --step 0: the run's latest checkpoint, or the one its "
+                                              "validation panel selected (--panel_users; select on validation)"})
     n_users: int = dataclasses.field(default=256, metadata={
         "help": "seeded test users whose explanations are scored and paired across systems (0: all)"})
     systems: list[str] = dataclasses.field(default_factory=lambda: list(X.SYSTEMS), metadata={
@@ -207,7 +210,7 @@ def summarise(recs: list[dict], items, encoder, titles) -> tuple[dict, dict]:
 def run(cfg: EvalConfig, force: bool = False) -> dict:
     started = time.time()
     out_dir = logs_dir() / cfg.dataset / cfg.tag
-    ckpt = run_folder.find(cfg.dataset, cfg.tag, cfg.step)
+    ckpt = run_folder.find(cfg.dataset, cfg.tag, cfg.step, cfg.checkpoint)
     folder, run_cfg = ckpt.folder, ckpt.config
     ranker_path, warm_dir = ckpt.input_path("ranker_ckpt"), ckpt.input_path("explainer_ckpt")
     inputs = {"checkpoint": folder / run_folder.STATE, "policy": folder / run_folder.POLICY,

@@ -75,9 +75,11 @@ def main(argv=None) -> None:
     runs = [(tag, _load(logs_dir() / d / tag / "summary.json")) for tag in TAGS]
     runs = [(tag, r) for tag, r in runs if r]
     if runs:
-        print("\nShielded PPO (smoke config): simulated reward = expected click σ(αz + βq + ζ_u), mean over the "
-              "step's rollouts;\nranker drift = validation NDCG@10 (full ranking, seen masked) with the run's store, "
-              "top-10 overlap vs the original store")
+        kind = runs[0][1].get("reward", "click")
+        what = "explanation quality q" if kind == "q" else "simulated click σ(αz + βq + ζ_u)"
+        print(f"\nShielded PPO (smoke config): trained reward = {what}, mean over the step's rollouts (new users "
+              "each step: not a learning curve);\nranker drift = validation NDCG@10 (full ranking, seen masked) with "
+              "the run's store, top-10 overlap vs the original store")
         print("| run | steps | reward first → last | KL last | val NDCG@10 orig → last | top-10 overlap |")
         print("|---|---|---|---|---|---|")
         for tag, r in runs:
@@ -95,9 +97,18 @@ def main(argv=None) -> None:
         print("\nevaluation (test split): ranking of all users with the run's store vs the original, NDCG@10 full "
               "ranking seen masked, Δ ± paired SE;\n"
               f"explanations of {n} seeded test users: BLEU-4 / ROUGE-L against template references (0–1); "
-              "CTR = simulated click probability on a slate item, lift in points over the warm start")
-        print("| system | NDCG@10 orig → run (Δ ± SE) | top-10 overlap | BLEU-4 | ROUGE-L | halluc. | CTR | lift (pp) | audit |")
-        print("|---|---|---|---|---|---|---|---|---|")
+              "CTR = simulated click probability on a slate item; vs the warm start on the same users: CTR lift in points "
+              "and Δq, each ± paired SE (paired t-test p)")
+        print("| system | NDCG@10 orig → run (Δ ± SE) | top-10 overlap | BLEU-4 | ROUGE-L | halluc. | CTR | lift (pp) ± SE (p) "
+              "| Δq ± SE (p) | audit |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
+
+        def vs(e, system, field, scale=1.0):
+            c = e.get("vs_warm_start", {}).get(system, {}).get(field)
+            if c is None:
+                return "–"
+            return f"{scale * c['diff']:+.2f} ± {scale * c['se']:.2f} ({c['p']:.2f})" if scale != 1.0 else \
+                f"{c['diff']:+.3f} ± {c['se']:.3f} ({c['p']:.2f})"
         for tag, e in evals:
             r = e["ranking"]
             k = "full_masked/ndcg@10"
@@ -106,11 +117,12 @@ def main(argv=None) -> None:
             verdict = audit["verdict"] if audit else "not audited"
             print(f"| {tag} | {r['orig'][k]:.4f} → {r['run'][k]:.4f} ({r['diff'][k]:+.4f} ± {r['diff_se'][k]:.4f}) | "
                   f"{r['top10_overlap']:.3f} | {m['bleu4']:.3f} | {m['rougeL']:.3f} | {m['hallucination_rate']:.2f} | "
-                  f"{m['ctr']:.4f} | {e['ctr_lift_pp'].get('recrl', float('nan')):+.2f} | {verdict} |")
+                  f"{m['ctr']:.4f} | {vs(e, 'recrl', 'ctr', 100.0)} | {vs(e, 'recrl', 'q')} | {verdict} |")
         for system, m in evals[0][1]["systems"].items():
             if system != "recrl":
                 print(f"| {system} | – | – | {m['bleu4']:.3f} | {m['rougeL']:.3f} | {m['hallucination_rate']:.2f} | "
-                      f"{m['ctr']:.4f} | {evals[0][1]['ctr_lift_pp'].get(system, float('nan')):+.2f} | – |")
+                      f"{m['ctr']:.4f} | {vs(evals[0][1], system, 'ctr', 100.0) if system != 'warm_start' else '0'} | "
+                      f"{vs(evals[0][1], system, 'q') if system != 'warm_start' else '0'} | – |")
         report = _load(repo_root() / "docs" / f"safety_report_{d}.json")
         if report:
             failed = [c for c, v in report.get("checks", {}).items() if v.get("status") == "fail"]

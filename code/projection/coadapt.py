@@ -57,8 +57,9 @@ def coadapt(E0: torch.Tensor, T: torch.Tensor, cfg: ShieldConfig, Q: torch.Tenso
         probe.bias.zero_()
     E = torch.nn.Parameter(E0.detach().clone())
     shield = Shield(E, Q, cfg)
+    E.requires_grad_(shield.trains_store)  # the shield's mode decides whether the store trains
     groups = [{"params": list(probe.parameters()), "lr": probe_lr}]
-    if cfg.mode != "frozen":
+    if shield.trains_store:
         groups.append({"params": [E], "lr": store_lr})
     # betas as in the ranker's training; decoupled weight decay (Loshchilov & Hutter, 2019) on E and W
     opt = torch.optim.AdamW(groups, betas=(0.9, 0.98), weight_decay=weight_decay)

@@ -171,8 +171,6 @@ class Shield:
             self.Q = self.Q_free = None
         self._limit = (self.cfg.trust_radius * self.E0.norm(dim=1, keepdim=True)
                        if self.cfg.trust_radius is not None else None)
-        if self.cfg.mode == "frozen":
-            param.requires_grad_(False)
 
     @property
     def trains_store(self) -> bool:

@@ -111,6 +111,12 @@ class RecRLConfig(PPOSettings):
         "choices": ["rollback", "stop"],
         "help": "rollback: the policy (LoRA, bridge, value head) and E return to the last good check, with "
                 "their AdamW moments dropped; stop: end the run"})
+    # the fixed validation panel (issue 13): the same pairs every time, paired against the warm start
+    panel_users: int = F(default=0, metadata={
+        "help": "users of a fixed, seeded panel (their top slate item) explained greedily every panel_every "
+                "steps and compared, pair by pair, with the warm start (panel/* metrics); panel users are "
+                "never sampled for training, and the best panel checkpoint gets a 'best' pointer (0: off)"})
+    panel_every: int = F(default=5, metadata={"help": "steps between panel evaluations (with panel_users > 0)"})
     # bookkeeping
     save_every: int = F(default=0, metadata={"help": "checkpoint every N steps (0: only at the end)"})
     resume: str = F(default="", metadata={"help": "'' | auto | a step-XXXXXX folder"})

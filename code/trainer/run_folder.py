@@ -199,7 +199,7 @@ def resolve(path: str | Path) -> Checkpoint:
     relative to the pointer's own folder; its step (and tag, for the dataset-level one) must agree with
     the checkpoint's config."""
     path = resolve_user_path(path)
-    if path.name == "latest":
+    if path.name in ("latest", "best"):
         ptr = _read_pointer(path, ("step", "folder"))
         ckpt = open_checkpoint(path.parent / str(ptr["folder"]))
         if int(ptr["step"]) != ckpt.step:
@@ -214,13 +214,15 @@ def resolve(path: str | Path) -> Checkpoint:
     raise InputError(str(path), FORMS, f"a path named {path.name!r}", "Pass one of those forms.")
 
 
-def find(dataset: str, tag: str, step: int = 0) -> Checkpoint:
-    """Checkpoint ``step`` of run ``<dataset>/<tag>`` (0: its ``latest``), checked to belong to that run."""
+def find(dataset: str, tag: str, step: int = 0, pointer: str = "latest") -> Checkpoint:
+    """Checkpoint ``step`` of run ``<dataset>/<tag>`` (0: the one its ``pointer`` names — ``latest``, or
+    ``best``: the checkpoint the validation panel selected), checked to belong to that run."""
     run = run_dir(dataset, tag)
-    if step <= 0 and not (run / "latest").exists():
-        raise InputError(run / "latest", "the latest-checkpoint pointer of a PPO run", "no such file",
-                         f"Train it first: python code/trainer/run_recrl_cli.py --dataset {dataset} --tag {tag} ...")
-    ckpt = resolve(run / (step_name(step) if step > 0 else "latest"))
+    if step <= 0 and not (run / pointer).exists():
+        raise InputError(run / pointer, f"the {pointer}-checkpoint pointer of a PPO run", "no such file",
+                         f"Train it first: python code/trainer/run_recrl_cli.py --dataset {dataset} --tag {tag} ..."
+                         + (" --panel_users N (the panel selects 'best')" if pointer == "best" else ""))
+    ckpt = resolve(run / (step_name(step) if step > 0 else pointer))
     if (ckpt.dataset, ckpt.tag) != (dataset, tag):
         raise InputError(ckpt.folder / CONFIG, f"a checkpoint of run {dataset}/{tag}",
                          f"run {ckpt.dataset}/{ckpt.tag}", "The folder was moved or copied; re-run the trainer.")
@@ -236,6 +238,11 @@ def latest(dataset: str, tag: str) -> Path | None:
 
 
 # --- writing ------------------------------------------------------------------------------------------
+def mark_best(cfg: RecRLConfig, step: int) -> None:
+    """Point the run's ``best`` at a saved step (the validation panel's choice)."""
+    atomic.write_json(run_dir(cfg.dataset, cfg.tag) / "best", {"step": step, "folder": step_name(step)})
+
+
 def save_step(cfg: RecRLConfig, resolved: dict[str, str], step: int, *, explainer, value_head, state: dict,
               started: float) -> Path:
     """Write ``step-XXXXXX/`` atomically, then move both ``latest`` pointers to it. ``state``: everything

@@ -28,7 +28,7 @@ from shielded_recrl.common.logs import MetricsLog, read_metrics, setup_logging
 from shielded_recrl.common.paths import checkpoints_dir, logs_dir, portable_path, resolve_user_path
 from shielded_recrl.common.seeding import rng_state, set_rng_state, torch_generator
 from shielded_recrl.dataset.processed import load_processed
-from shielded_recrl.eval.ranking_drift import drift_report, reference_scores
+from shielded_recrl.eval.ranking_drift import drift_report, paired_diff, reference_scores
 from shielded_recrl.explainer.checkpoint import read_info
 from shielded_recrl.explainer.policy import Example
 from shielded_recrl.projection.artifacts import load_basis
@@ -88,11 +88,18 @@ def make_shield(cfg: RecRLConfig, ranker, ranker_path: Path) -> tuple[Shield, di
     return Shield(E, None, ShieldConfig(mode=cfg.mode, trust_radius=rho)), {"trust_radius": rho}
 
 
-def make_pair_sampler(sim: UserSimulator, histories):
-    """(n, generator) → users, items, examples: a user, and one item drawn uniformly from their slate."""
+def make_pair_sampler(sim: UserSimulator, histories, exclude: set[int] = frozenset()):
+    """(n, generator) → users, items, examples: a user (never one of ``exclude``, the panel's), and one item
+    drawn uniformly from their slate."""
+    allowed = torch.tensor([u for u in range(1, sim.n_users + 1) if u not in exclude]) if exclude else None
 
     def sample(n: int, generator: torch.Generator):
-        users = sim.sample_users(n, generator)
+        if allowed is None:
+            users = sim.sample_users(n, generator)
+        else:
+            perm = torch.randperm(len(allowed), generator=generator)
+            users = allowed[perm[:n]] if n <= len(allowed) else allowed[torch.randint(len(allowed), (n,),
+                                                                                      generator=generator)]
         slate = sim.slate(users)
         pick = torch.randint(slate.shape[1], (n,), generator=generator)
         items = slate[torch.arange(n), pick]
@@ -100,6 +107,48 @@ def make_pair_sampler(sim: UserSimulator, histories):
         return users, items, ex
 
     return sample
+
+
+# --- the validation panel ----------------------------------------------------------------------------
+def make_panel(sim: UserSimulator, histories, n: int, seed: int) -> list[Example]:
+    """``n`` seeded users (a generator of their own, so the panel does not depend on anything else) and
+    each one's top slate item: the same pairs at every evaluation."""
+    g = torch.Generator().manual_seed(seed + 7919)
+    users = torch.randperm(sim.n_users, generator=g)[:n] + 1
+    items = sim.slate(users)[:, 0]
+    return [Example(int(u), int(i), histories[int(u) - 1], "") for u, i in zip(users, items)]
+
+
+@torch.no_grad()
+def panel_scores(trainer: PPOTrainer, sim: UserSimulator, panel: list[Example]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(q, click probability) of greedy explanations of the panel under the trainer's current policy (the
+    bridge reads the current store)."""
+    from shielded_recrl.explainer.generation import generate
+    from shielded_recrl.explainer.prompts import shown_history
+
+    x, s = trainer.x, trainer.s
+    qs, ps = [], []
+    for a in range(0, len(panel), max(1, s.sim_batch)):
+        exs = panel[a:a + max(1, s.sim_batch)]
+        prompts = [x.prompt(e) for e in exs]
+        prep = x.prepare(exs, prompts)
+        out = generate(x.model, x.tok, x.embed(prep), prep.prompts.mask, max_new_tokens=s.max_new_tokens,
+                       do_sample=False, score=False)
+        shown = [shown_history(e.history, q.n_history) for e, q in zip(exs, prompts)]
+        p, qual = sim.click_prob(torch.tensor([e.user_id for e in exs]), torch.tensor([e.item_id for e in exs]),
+                                 out.texts, shown)
+        qs.append(torch.as_tensor(qual.q, dtype=torch.float64)), ps.append(p.double())
+    return torch.cat(qs), torch.cat(ps)
+
+
+def panel_metrics(now: tuple[torch.Tensor, torch.Tensor], warm: tuple[torch.Tensor, torch.Tensor]) -> dict:
+    """Paired differences policy − warm start on the panel's pairs (mean, paired SE)."""
+    out = {}
+    for name, a, b, scale in (("q", now[0], warm[0], 1.0), ("ctr_pp", now[1], warm[1], 100.0)):
+        d = paired_diff(b, a)
+        out.update({f"panel/{name}": d.mean_b * scale, f"panel/d{name}": d.diff * scale,
+                    f"panel/d{name}_se": d.se * scale})
+    return out
 
 
 def simulator_reward(sim: UserSimulator, kind: str):
@@ -188,7 +237,12 @@ def run(cfg: RecRLConfig, reward_fn=None) -> dict:
         quality = None
     sim = UserSimulator(scores, histories, quality, SimulatorConfig(slate_size=cfg.slate_size, reward=cfg.sim_reward,
                                                                     z_over=cfg.z_over, seed=cfg.seed))
-    trainer = PPOTrainer(explainer, shield, ppo_settings(cfg), make_pair_sampler(sim, histories),
+    if cfg.panel_users > 0 and reward_fn is not None:
+        raise InputError("--panel_users", "the simulator's reward (the panel scores q and CTR with it)",
+                         "a replaced reward function", "Run the panel with the simulator.")
+    panel = make_panel(sim, histories, cfg.panel_users, cfg.seed) if cfg.panel_users > 0 else []
+    trainer = PPOTrainer(explainer, shield, ppo_settings(cfg),
+                         make_pair_sampler(sim, histories, {e.user_id for e in panel}),
                          reward_fn or simulator_reward(sim, cfg.reward),
                          ValueHead(explainer.model.config.hidden_size, cfg.value_hidden))
     # METHOD: the drift guard compares with the original store E0 — computed before a resume puts the
@@ -207,6 +261,14 @@ def run(cfg: RecRLConfig, reward_fn=None) -> dict:
         log.info("resumed from %s at step %d", resume_from, step)
 
     guard_active = guard and cfg.mode != "no_projection"  # the ablation's drift stays visible
+    if panel:  # the warm start's panel texts: the reference weights are exactly the warm start, resumed or not
+        with trainer.reference_weights():
+            warm_panel = panel_scores(trainer, sim, panel)
+        log.info("panel: %d validation pairs; warm start q %.4f, CTR %.4f", len(panel),
+                 float(warm_panel[0].mean()), float(warm_panel[1].mean()))
+    best = json.loads((run_folder.run_dir(cfg.dataset, cfg.tag) / "best").read_text()) \
+        if resume_from is not None and (run_folder.run_dir(cfg.dataset, cfg.tag) / "best").exists() else None
+    best_dq = state.get("best_panel_dq", -float("inf")) if resume_from is not None else -float("inf")
     metrics_path = log_dir / "metrics.jsonl"
     stop_reason = "max_steps"
     with MetricsLog(metrics_path, append=resume_from is not None, tensorboard=True) as mlog:
@@ -232,19 +294,29 @@ def run(cfg: RecRLConfig, reward_fn=None) -> dict:
                         trainer.restore(good)  # METHOD: policy and store back to the last good check
                 elif not tripped:
                     good = trainer.snapshot()
+            on_panel = bool(panel) and step % cfg.panel_every == 0
+            if on_panel:  # METHOD: the fixed panel, paired against the warm start (selection on validation)
+                metrics.update(panel_metrics(panel_scores(trainer, sim, panel), warm_panel))
             mlog.log(metrics, step)
             log.info("step %d: reward %.4f ctr %.4f kl %.4f approx_kl %.2e clip %.3f vloss %.4f %.1fs | %s", step,
                      metrics["env/reward"], metrics["env/ctr"], metrics["objective/kl"], metrics["losses/approx_kl"],
                      metrics["losses/clip_frac"], metrics["losses/value"], metrics["charts/step_s"],
                      " / ".join(batch.texts[:cfg.n_samples]))
-            save_now = step == cfg.max_steps or stop_reason != "max_steps" or \
+            improved = on_panel and metrics["panel/dq"] > best_dq
+            if improved:
+                best_dq = metrics["panel/dq"]
+            save_now = step == cfg.max_steps or stop_reason != "max_steps" or improved or \
                 (cfg.save_every > 0 and step % cfg.save_every == 0)
             if save_now:
                 state = {"store_delta": (shield.param.detach() - shield.E0).cpu(), "optimizer": trainer.opt.state_dict(),
                          "rng": rng_state(), "generator": gen.get_state(), "click_generator": sim.click_generator.get_state(),
-                         "skipped_steps": trainer.skipped_steps, "good": [t.cpu() for t in good]}
+                         "skipped_steps": trainer.skipped_steps, "good": [t.cpu() for t in good],
+                         "best_panel_dq": best_dq}
                 run_folder.save_step(cfg, resolved, step, explainer=explainer, value_head=trainer.value_head,
                                      state=state, started=started)
+                if improved:
+                    run_folder.mark_best(cfg, step)
+                    best = {"step": step}
             if stop_reason != "max_steps":
                 break
     # The summary covers the whole run, resumed parts included: it is rebuilt from metrics.jsonl (one row
@@ -253,10 +325,16 @@ def run(cfg: RecRLConfig, reward_fn=None) -> dict:
         if metrics_path.exists() else {}
     rows = [rows[k] for k in sorted(rows) if k <= step]
     first, last = (rows[0], rows[-1]) if rows else (None, None)
-    summary = {"steps": step, "stop_reason": stop_reason, "mode": cfg.mode, **shield_info,
+    summary = {"steps": step, "stop_reason": stop_reason, "mode": cfg.mode, "reward": cfg.reward,
+               "advantage": cfg.advantage, **shield_info,
                "reward_first": first and first["env/reward"], "reward_last": last and last["env/reward"],
                "kl_last": last and last["objective/kl"], "skipped_steps": trainer.skipped_steps,
                "shield_s_total": round(trainer.shield_seconds, 4), "wall_s": round(time.time() - started, 2)}
+    panelled = [r for r in rows if "panel/dq" in r]
+    if panelled:
+        summary.update(panel=[{k: r[k] for k in ("step", "panel/dq", "panel/dq_se", "panel/dctr_pp",
+                                                 "panel/dctr_pp_se")} for r in panelled],
+                       best_step=best and best["step"])
     monitored = [r for r in rows if "monitor/val_ndcg@10" in r]
     if monitored:
         m = monitored[-1]
