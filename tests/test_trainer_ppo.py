@@ -187,6 +187,7 @@ def test_cli_end_to_end_tiny(ml100k_processed, tiny_dir, tmp_path, monkeypatch):
     (root / "experiments").mkdir()
     (root / "experiments" / "none.yaml").write_text("seed: 0\n")
     summary = run_recrl_cli.run(run_recrl_cli.parse(argv), reward_fn=reward)
+    base = argv[:-6] + ["--config", "experiments/none.yaml"]  # the same settings for every later run
     assert summary["steps"] == 2
     assert summary["mode"] == "shielded" and summary["trust_radius"] == 0.2
     rows = [json.loads(l) for l in (root / "logs" / "ml100k" / "t" / "metrics.jsonl").read_text().splitlines()]
@@ -205,14 +206,14 @@ def test_cli_end_to_end_tiny(ml100k_processed, tiny_dir, tmp_path, monkeypatch):
     assert sorted(listed) == ["bridge.safetensors", "config.json", "policy_trainable.safetensors", "state.pt",
                               "value_head.safetensors"]
     assert not (run_dir / "step-000002" / "adapter").exists()
-    summary = run_recrl_cli.run(run_recrl_cli.parse(argv[:-6] + ["--max_steps", "3", "--tag", "t", "--resume", "auto"]),
+    summary = run_recrl_cli.run(run_recrl_cli.parse(base + ["--max_steps", "3", "--tag", "t", "--resume", "auto"]),
                                 reward_fn=reward)
     assert summary["steps"] == 3
     rows = [json.loads(l) for l in (root / "logs" / "ml100k" / "t" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3]
     assert json.loads((run_dir.parent / "latest").read_text()) == {"tag": "t", "step": 3, "folder": "t/step-000003"}
     # resume equivalence: the same three steps without the interruption log the same numbers
-    run_recrl_cli.run(run_recrl_cli.parse(argv[:-6] + ["--max_steps", "3", "--tag", "full"]), reward_fn=reward)
+    run_recrl_cli.run(run_recrl_cli.parse(base + ["--max_steps", "3", "--tag", "full"]), reward_fn=reward)
     full = [json.loads(l) for l in (root / "logs" / "ml100k" / "full" / "metrics.jsonl").read_text().splitlines()]
     for key in ("env/reward", "objective/kl", "losses/policy", "losses/value", "losses/approx_kl",
                 "monitor/val_ndcg@10", "shield/leak_ratio"):
@@ -221,18 +222,18 @@ def test_cli_end_to_end_tiny(ml100k_processed, tiny_dir, tmp_path, monkeypatch):
     straight = torch.load(run_dir.parent / "full" / "step-000003" / "state.pt", weights_only=True)
     torch.testing.assert_close(resumed["store_delta"], straight["store_delta"])
     # the drift guard: an impossible overlap floor trips it at the first check
-    summary = run_recrl_cli.run(run_recrl_cli.parse(argv[:-6] + ["--max_steps", "3", "--tag", "g", "--min_top10_overlap",
+    summary = run_recrl_cli.run(run_recrl_cli.parse(base + ["--max_steps", "3", "--tag", "g", "--min_top10_overlap",
                                                                  "1.01", "--drift_action", "stop"]), reward_fn=reward)
     assert summary["stop_reason"] == "drift_guard" and summary["steps"] == 1
     # rollback: every check trips, so each step's store update is undone and its AdamW moments dropped
-    summary = run_recrl_cli.run(run_recrl_cli.parse(argv[:-6] + ["--max_steps", "2", "--tag", "r", "--min_top10_overlap",
+    summary = run_recrl_cli.run(run_recrl_cli.parse(base + ["--max_steps", "2", "--tag", "r", "--min_top10_overlap",
                                                                  "1.01", "--drift_action", "rollback"]), reward_fn=reward)
     state = torch.load(run_dir.parent / "r" / "step-000002" / "state.pt", weights_only=True)
     assert summary["steps"] == 2 and float(state["store_delta"].abs().max()) == 0.0
     store_group = state["optimizer"]["param_groups"][-1]["params"]
     assert all(p not in state["optimizer"]["state"] for p in store_group)
     with pytest.raises(InputError, match="latest"):
-        run_recrl_cli.parse(argv[:-6] + ["--tag", "latest"])
+        run_recrl_cli.parse(base + ["--tag", "latest"])
     with pytest.raises(InputError, match="LoRA rank"):
         run_recrl_cli.run(run_recrl_cli.parse(argv[:4] + ["--no_projection", "--lora_rank", "8", "--tag", "u"]))
 
