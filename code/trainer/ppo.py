@@ -272,7 +272,6 @@ class PPOTrainer:
         B = len(b.examples)
         mb = s.micro_batch_size * s.grad_accum
         stats = {k: [] for k in ("pg_loss", "vf_loss", "clip_frac", "approx_kl", "vf_clip_frac", "grad_norm")}
-        new_values = torch.zeros_like(b.values)
         for _ in range(s.epochs):
             order = torch.randperm(B, generator=generator)
             for start in range(0, B, mb):
@@ -301,7 +300,6 @@ class PPOTrainer:
                         finite = False
                         break
                     loss.backward()
-                    new_values[j, :T] = v.detach().cpu()
                     for k, val in (("pg_loss", pl.loss), ("vf_loss", vl), ("clip_frac", pl.clip_frac),
                                    ("approx_kl", pl.approx_kl), ("vf_clip_frac", vclip)):
                         stats[k].append(float(val.detach()))
