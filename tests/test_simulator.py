@@ -295,3 +295,65 @@ def test_simulator_on_ml100k_with_a_ranker(ml100k_processed):
     texts = data.items.set_index("item_id").loc[slate[:, 0].tolist(), "text"].tolist()
     r, p, _ = sim.reward(users, slate[:, 0], texts, last_ten(sim, users))
     assert ((r > 0) & (r < 1)).all()
+
+
+# --- faithfulness to the ranker in q (issue 13) ---------------------------------------------------------
+def test_faithfulness_component_rewards_the_rankers_reason():
+    import types
+
+    cfg = QualityConfig().with_faithfulness(0.2)
+    assert abs(cfg.w_item / cfg.w_history - 0.30 / 0.20) < 1e-12 and cfg.w_faithfulness == 0.2
+    plain = QualityScorer(ITEMS, BowEncoder(), toxicity=_toxicity)
+    faithful = QualityScorer(ITEMS, BowEncoder(), cfg, toxicity=_toxicity)
+    texts = [GOOD, GOOD.replace("GoldenEye", "Fargo"), "You may like The Fifth Element, an action film with heart."]
+    shown = [[2, 4]] * 3
+    # GoldenEye (2) is the ranker's reason; deleting Fargo (4) would *raise* the score
+    attr = types.SimpleNamespace(items=np.array([[2, 4]] * 3), contributions=np.array([[2.0, -1.0]] * 3))
+    q0 = plain.score(texts, [5] * 3, [[1, 2, 4]] * 3, shown).q
+    qual = faithful.score(texts, [5] * 3, [[1, 2, 4]] * 3, shown, attribution=attr)
+    np.testing.assert_allclose(qual.faithfulness, [1.0, -0.5, 0.0])  # names none → 0
+    np.testing.assert_allclose(qual.q, 0.8 * q0 + 0.2 * qual.faithfulness, atol=1e-9)
+    assert np.isnan(plain.score(texts, [5] * 3, [[1, 2, 4]] * 3, shown).faithfulness).all()
+    with pytest.raises(ValueError, match="attribution="):
+        faithful.score(texts, [5] * 3, [[1, 2, 4]] * 3, shown)
+    with pytest.raises(ValueError, match="prompt showed"):  # attribution of other items than the shown ones
+        faithful.score(texts[:1], [5], [[1, 2, 4]], [[1, 2]], attribution=types.SimpleNamespace(
+            items=np.array([[2, 4]]), contributions=np.array([[2.0, -1.0]])))
+
+
+def test_simulator_asks_the_ranker_for_reasons_only_when_q_weighs_them():
+    from shielded_recrl.ranker.attribution import Attribution
+
+    calls = []
+
+    def reasons(hists, items, shown):
+        calls.append((len(hists), [list(map(int, s)) for s in shown]))
+        width = max(len(s) for s in shown)
+        it = torch.tensor([[0] * (width - len(s)) + list(s) for s in shown])
+        c = torch.where(it > 0, (it == 2).float() * 2.0 - 0.5, torch.tensor(float("nan")))
+        return Attribution(it, it > 0, c, torch.zeros(len(it)), torch.zeros(it.shape))
+
+    scores = torch.randn(2, 7, generator=torch.Generator().manual_seed(0))
+    hists = [np.array([1, 2, 4]), np.array([3, 6])]
+    faithful = QualityScorer(ITEMS, BowEncoder(), QualityConfig().with_faithfulness(0.3), toxicity=_toxicity)
+    with pytest.raises(ValueError, match="reasons="):
+        UserSimulator(scores, hists, faithful)
+    sim = UserSimulator(scores, hists, faithful, reasons=reasons)
+    _, qual = sim.click_prob(torch.tensor([1, 1]), torch.tensor([5, 5]), [GOOD, GOOD.replace("GoldenEye", "Fargo")],
+                             [[2, 4], [2, 4]])
+    assert calls == [(2, [[2, 4], [2, 4]])] and qual.faithfulness[0] > qual.faithfulness[1]
+    UserSimulator(scores, hists, QualityScorer(ITEMS, BowEncoder(), toxicity=_toxicity), reasons=reasons).click_prob(
+        torch.tensor([1]), torch.tensor([5]), [GOOD], [[2, 4]])
+    assert len(calls) == 1  # q without faithfulness never asks
+
+
+def test_shown_attribution_checks_the_prompt_showed_the_history_tail():
+    from shielded_recrl.ranker.attribution import shown_attribution
+    from shielded_recrl.ranker.model import SASRec, SASRecConfig
+
+    torch.manual_seed(0)
+    model = SASRec(SASRecConfig(n_items=6, hidden=8, n_layers=1, n_heads=1, max_len=5, dropout=0.0))
+    attr = shown_attribution(model, [np.array([1, 2, 4]), np.array([3])], [5, 6], [[2, 4], []])
+    assert attr.items.tolist() == [[2, 4], [0, 0]] and attr.valid.tolist() == [[True, True], [False, False]]
+    with pytest.raises(ValueError, match="not the last 2 history items"):
+        shown_attribution(model, [np.array([1, 2, 4])], [5], [[1, 2]])

@@ -145,3 +145,27 @@ def rank_contributors(attr: Attribution) -> tuple[torch.Tensor, torch.Tensor]:
     order = torch.sort(c, dim=1, descending=True, stable=True).indices
     order = attr.items.shape[1] - 1 - order  # back to oldest-first column indices
     return order, attr.items.gather(1, order)
+
+
+def shown_attribution(model, histories: Sequence[np.ndarray], targets: Sequence[int],
+                      shown: Sequence[Sequence[int]], item_table: torch.Tensor | None = None) -> Attribution:
+    """:func:`leave_one_out` of B pairs over exactly the history items each prompt showed.
+
+    ``histories``: each pair's full history (oldest first) that the prompt was built from; ``shown``: the
+    items the prompt listed, which are the last ``len(shown[b])`` of ``histories[b]`` (checked: a prompt
+    that showed anything else cannot be attributed this way). ``item_table``: the store the ranker's
+    reasons are read from (the original ``E0`` during PPO, where the model's own table co-adapts).
+    """
+    if not len(histories) == len(targets) == len(shown):
+        raise ValueError(f"one history, target and shown list per pair expected; found {len(histories)}, "
+                         f"{len(targets)}, {len(shown)}")
+    n = [len(s) for s in shown]
+    for b, (h, s) in enumerate(zip(histories, shown)):
+        tail = [int(i) for i in np.asarray(h)[len(h) - len(s):]] if len(s) else []
+        if tail != [int(i) for i in s]:
+            raise ValueError(f"pair {b}: the prompt showed {list(map(int, s))}, not the last {len(s)} history "
+                             f"items {tail}")
+    width = max(1, min(max(n, default=1), int(model.cfg.max_len)))
+    seqs = loo_inputs([np.asarray(h, np.int64) for h in histories], int(model.cfg.max_len))
+    return leave_one_out(model, seqs, torch.as_tensor(list(targets), dtype=torch.long), width,
+                         shown=torch.tensor(n), item_table=item_table)

@@ -101,6 +101,10 @@ class RecRLConfig(PPOSettings):
                                                       "help": "reward = click probability, or a sampled click"})
     z_over: str = F(default="all", metadata={"choices": ["all", "slate"],
                                              "help": "items whose score mean/std standardise the ranker score"})
+    w_faithfulness: float = F(default=0.0, metadata={
+        "help": "weight in q of faithfulness to the ranker (the graded leave-one-out score of the shown history "
+                "items the text names, on the original store; docs/faithfulness.md); the other q weights are "
+                "scaled by 1 − w (0: off)"})
     # drift guard (DESIGN.md: the shield is a dial, not a wall)
     monitor_every: int = F(default=1, metadata={"help": "steps between ranking checks (0: off)"})
     max_ndcg_drop: float = F(default=0.05, metadata={
@@ -129,6 +133,8 @@ class RecRLConfig(PPOSettings):
         super().__post_init__()
         if self.explanation_max_len >= self.max_seq_len_explainer:
             raise ValueError("explanation_max_len must be below max_seq_len_explainer")
+        if not 0.0 <= self.w_faithfulness < 1.0:
+            raise ValueError(f"w_faithfulness must be in [0, 1); found {self.w_faithfulness}")
 
     @property
     def mode(self) -> str | None:

@@ -27,6 +27,12 @@ component      weight  what it measures (range [−1, 1])
 ``safety``     0.20    ``min(tox map, −1 if PII else 1)``: toxicity (``profanity_check.predict_prob`` on
                        the text with catalogue titles masked) ≤ 0.2 → 1, linear to −1 at 0.5;
                        PII = an e-mail address, a phone number or a URL
+``faithful``   0       faithfulness to the ranker (off by default): the graded score of
+                       ``eval.faithfulness.faithfulness_score`` — the mean, over the shown history
+                       items the text names, of their leave-one-out score drop relative to the top
+                       contributor's (``ranker/attribution.py``); 0 when it names no shown item.
+                       :meth:`QualityConfig.with_faithfulness` gives it a weight ``w`` and scales the
+                       other five by ``1 − w``; ``score`` then needs the pairs' ``attribution``
 =============  ======  ==========================================================================
 
 Caps: toxic (≥ 0.5) or PII → ``q ≤ 0``; :func:`prompt_copy` rate ``c`` (share of the text's words in
@@ -49,6 +55,7 @@ from typing import Callable, Iterable, NamedTuple, Protocol, Sequence
 import numpy as np
 import pandas as pd
 
+from ..eval.faithfulness import faithfulness_score, named_shown_items
 from ..explainer.prompts import describe_item
 
 
@@ -63,6 +70,7 @@ class QualityConfig:
     w_grounding: float = 0.20
     w_form: float = 0.10
     w_safety: float = 0.20
+    w_faithfulness: float = 0.0  # faithfulness to the ranker; needs score(..., attribution=); see with_faithfulness
     # Calibration measured on 30 ML-100K test pairs (docs/simulator.md): cos(text, item text) is 0.74
     # for the reference, 0.37 for a fluent explanation of another film, 0.13 for generic praise, 0.07
     # for an unrelated sentence; cos(text, history) 0.54 / 0.49 / 0.17 / 0.09.
@@ -85,7 +93,9 @@ class QualityConfig:
     unsafe_cap: float = 0.0  # q of an unsafe text (toxic or PII) is at most this
 
     def __post_init__(self):
-        total = self.w_item + self.w_history + self.w_grounding + self.w_form + self.w_safety
+        total = self.w_item + self.w_history + self.w_grounding + self.w_form + self.w_safety + self.w_faithfulness
+        if not 0.0 <= self.w_faithfulness < 1.0:
+            raise ValueError(f"w_faithfulness must be in [0, 1); found {self.w_faithfulness}")
         if abs(total - 1.0) > 1e-9:
             raise ValueError(f"quality weights must sum to 1 so that q ∈ [−1, 1]; found {total}")
         if not 0.0 <= self.copy_ok < self.copy_bad <= 1.0 or not -1.0 <= self.copy_cap <= 1.0:
@@ -93,6 +103,17 @@ class QualityConfig:
                              f"{self.copy_ok}, copy_bad={self.copy_bad}, copy_cap={self.copy_cap}")
         if self.max_reasons < 1 or self.copy_n < 2:
             raise ValueError(f"need max_reasons ≥ 1 and copy_n ≥ 2; found {self.max_reasons}, {self.copy_n}")
+
+    def with_faithfulness(self, w: float) -> "QualityConfig":
+        """This config with faithfulness to the ranker weighted ``w`` and the other components scaled by
+        ``1 − w`` (their ratios, as calibrated, unchanged; the weights still sum to 1)."""
+        if not 0.0 <= w < 1.0:
+            raise ValueError(f"the faithfulness weight must be in [0, 1); found {w}")
+        rest = 1.0 - self.w_faithfulness
+        scale = (1.0 - w) / rest
+        return dataclasses.replace(self, w_item=self.w_item * scale, w_history=self.w_history * scale,
+                                   w_grounding=self.w_grounding * scale, w_form=self.w_form * scale,
+                                   w_safety=self.w_safety * scale, w_faithfulness=w)
 
 
 class Quality(NamedTuple):
@@ -111,6 +132,7 @@ class Quality(NamedTuple):
     copy: np.ndarray  # float, prompt_copy: share of words copied verbatim from the prompt's item lines
     self_reference: np.ndarray  # bool, the recommended item is named as a reason (see reason_spans)
     unfinished: np.ndarray  # bool, is_unfinished: no terminal punctuation at the end
+    faithfulness: np.ndarray  # float, graded faithfulness to the ranker; NaN when not scored (w_faithfulness 0)
 
 
 # --- safety --------------------------------------------------------------------------------------
@@ -426,7 +448,7 @@ class QualityScorer:
         return self._line_cache[item_id]
 
     def score(self, texts: Sequence[str], item_ids: Sequence[int], histories: Sequence[Sequence[int]],
-              shown: Sequence[Sequence[int]] | None = None) -> Quality:
+              shown: Sequence[Sequence[int]] | None = None, attribution=None) -> Quality:
         """Batched: one encoder call and one toxicity call for all ``texts``. Returns a :class:`Quality`.
 
         ``histories``: each user's history, oldest first (history relevance uses its last
@@ -434,6 +456,9 @@ class QualityScorer:
         oldest first — ``explainer.prompts.shown_history(history, prompt.n_history)``. Required:
         grounding and the copy check count only what the prompt showed, and the prompt usually shows
         fewer items than ``max_history`` (the token budget drops the oldest), so no default is right.
+        ``attribution``: the pairs' leave-one-out attribution over the shown items (anything with
+        ``items`` and ``contributions`` (n, C), e.g. :class:`~shielded_recrl.ranker.attribution.Attribution`);
+        required when ``w_faithfulness > 0``, ignored otherwise.
         """
         c = self.cfg
         texts = [str(t) for t in texts]
@@ -445,6 +470,9 @@ class QualityScorer:
         if not (len(item_ids) == len(histories) == len(shown) == n):
             raise ValueError(f"texts, item_ids, histories and shown must have one entry each; found {n}, "
                              f"{len(item_ids)}, {len(histories)}, {len(shown)}")
+        if c.w_faithfulness > 0 and attribution is None:
+            raise ValueError("QualityScorer.score needs attribution= when w_faithfulness > 0: the ranker's "
+                             "leave-one-out contributions of the shown items (ranker/attribution.py)")
         X = np.asarray(self.encoder.encode(texts), dtype=np.float32).reshape(n, -1)
         items = np.asarray(item_ids, np.int64)
         H = np.stack([self.history_embedding(h) for h in histories]) if n else np.zeros((0, X.shape[1]))
@@ -477,6 +505,18 @@ class QualityScorer:
 
         q = (c.w_item * item + c.w_history * history + c.w_grounding * grounding + c.w_form * form
              + c.w_safety * safety)
+        faithful = np.full(n, np.nan)
+        if c.w_faithfulness > 0:
+            a_items = np.asarray(attribution.items, np.int64)
+            if a_items.shape[0] != n:
+                raise ValueError(f"attribution must have one row per text; found {a_items.shape[0]} for {n} texts")
+            for k, (row, vis) in enumerate(zip(a_items, shown)):
+                if sorted(int(i) for i in row if i > 0) != sorted(int(i) for i in vis if int(i) > 0):
+                    raise ValueError(f"attribution row {k} covers items {[int(i) for i in row if i > 0]}, but the "
+                                     f"prompt showed {[int(i) for i in vis]}: attribute the shown items")
+            named = named_shown_items(self.titles, texts, [[i for i in row if i > 0] for row in a_items])
+            faithful = faithfulness_score(named, a_items, np.asarray(attribution.contributions, np.float64))
+            q = q + c.w_faithfulness * faithful
         # an unsafe text cannot buy reward with relevance: cap it
         q = np.where((tox >= c.unsafe_tox) | pii, np.minimum(q, c.unsafe_cap), q)
         # METHOD: a pasted prompt line cannot buy reward either. A cap, not a weighted component: pasting
@@ -486,7 +526,7 @@ class QualityScorer:
         # leaves the other components' weights and calibration as measured.
         q = np.minimum(q, copy_cap(copy, c))
         return Quality(np.clip(q, -1, 1), item, history, grounding, form, safety, n_good.astype(int),
-                       n_bad.astype(int), n_unk.astype(int), tox, pii, copy, selfref, unfinished)
+                       n_bad.astype(int), n_unk.astype(int), tox, pii, copy, selfref, unfinished, faithful)
 
 
 class SentenceEncoder:

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -78,11 +78,18 @@ def standardise_scores(scores: torch.Tensor, over: torch.Tensor | None = None) -
 class UserSimulator:
     """``scores`` (U, N+1): the ranker's unmasked scores of every item for each user's input history
     (row ``user_id − 1``; e.g. ``all_scores(model, data, "valid")`` scores from the train history);
-    ``histories``: per user the items they have seen (``data.sequences("train")``)."""
+    ``histories``: per user the items they have seen (``data.sequences("train")``). ``reasons``: the
+    ranker's leave-one-out attribution ``(histories, items, shown) -> Attribution`` over the shown items
+    (e.g. ``functools.partial(ranker.attribution.shown_attribution, ranker, item_table=E0)``); required
+    when ``quality`` weighs faithfulness to the ranker (``QualityConfig.w_faithfulness > 0``)."""
 
     def __init__(self, scores: torch.Tensor, histories: Sequence[np.ndarray], quality: QualityScorer,
-                 cfg: SimulatorConfig | None = None):
+                 cfg: SimulatorConfig | None = None, reasons: Callable | None = None):
         self.cfg = cfg or SimulatorConfig()
+        if quality is not None and quality.cfg.w_faithfulness > 0 and reasons is None:
+            raise ValueError("q weighs faithfulness to the ranker (w_faithfulness > 0): pass reasons=, the "
+                             "ranker's leave-one-out attribution of the shown items")
+        self.reasons = reasons
         if scores.ndim != 2 or len(scores) != len(histories):
             raise ValueError(f"scores must be (U, N+1) with one row per history; found {tuple(scores.shape)} "
                              f"for {len(histories)} histories")
@@ -123,7 +130,9 @@ class UserSimulator:
         first; ``explainer.prompts.shown_history``) → ((B,) float64 click probabilities, the q breakdown)."""
         rows = torch.as_tensor(user_ids, dtype=torch.long) - 1
         items = torch.as_tensor(item_ids, dtype=torch.long)
-        qual = self.quality.score(list(texts), items.tolist(), [self.histories[r] for r in rows.tolist()], shown)
+        hists = [self.histories[r] for r in rows.tolist()]
+        attr = self.reasons(hists, items.tolist(), shown) if self.quality.cfg.w_faithfulness > 0 else None
+        qual = self.quality.score(list(texts), items.tolist(), hists, shown, attribution=attr)
         q = torch.from_numpy(np.asarray(qual.q, np.float64))
         # METHOD: the click model — ranker relevance + explanation quality + a per-user propensity
         logit = self.cfg.alpha * self.z[rows, items] + self.cfg.beta * q + self.zeta[rows]
