@@ -453,3 +453,41 @@ def test_init_lora_command_on_tiny_model(ml100k_processed, tiny_dir, tmp_path, m
     assert (out / "manifest.json").stat().st_mtime == mtime
     no_bridge = init_lora.main(argv[:-1] + ["--no_bridge", "--out_dir", "checkpoints/lora_init_nb"])
     assert "ranker" not in no_bridge["inputs"] and not (root / "checkpoints/lora_init_nb/bridge.safetensors").exists()
+
+
+def test_ranker_references_name_the_top_contributor_among_shown_items(tiny_dir):
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from shielded_recrl.eval.faithfulness import top_contributor
+    from shielded_recrl.explainer.init_lora import ranker_references
+    from shielded_recrl.explainer.prompts import shown_history
+    from shielded_recrl.ranker.attribution import shown_attribution
+
+    ex = make_explainer(tiny_dir)
+    refs = pd.DataFrame({"user_id": [1, 2, 3], "item_id": [7, 9, 11], "source": ["template", "review", "template"]})
+    data = SimpleNamespace(references=refs, dataset="ml100k")
+    out = ranker_references(ex, ex.ranker, EXAMPLES, data)
+    assert out[1] == EXAMPLES[1]  # a review reference (human text) is kept
+    for k in (0, 2):
+        shown = [int(i) for i in shown_history(EXAMPLES[k].history, ex.prompt(EXAMPLES[k]).n_history)]
+        attr = shown_attribution(ex.ranker, [EXAMPLES[k].history], [EXAMPLES[k].item_id], [shown])
+        top = int(top_contributor(attr.items, attr.contributions)[0])
+        if top:
+            assert out[k].reference.startswith(f"Because you enjoyed Movie Number {top},"), (shown, out[k])
+            assert top in shown
+        else:
+            assert "Because you enjoyed" not in out[k].reference
+        assert f"Movie Number {EXAMPLES[k].item_id} (" in out[k].reference
+
+
+def test_ranker_reason_template_claims_only_shared_genres():
+    from shielded_recrl.dataset.references import ranker_reason_explanation
+
+    item = {"title": "Fargo", "year": 1996, "genres": "Crime|Drama"}
+    assert ranker_reason_explanation(item, {"title": "Heat", "genres": "Crime|Action"}, "movie") == \
+        "Because you enjoyed Heat, you may like Fargo (1996): it is also a crime movie."
+    assert ranker_reason_explanation(item, {"title": "Babe", "genres": "Comedy"}, "movie") == \
+        "Because you enjoyed Babe, you may like Fargo (1996), a crime, drama movie."
+    assert ranker_reason_explanation(item, None, "movie") == "Fargo (1996) is a crime, drama movie you may enjoy."

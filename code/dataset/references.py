@@ -75,6 +75,27 @@ def template_explanation(item: dict, history: list[dict], kind: str = "item") ->
     return _compose(_with_year(item), _attrs(item), hist, kind)
 
 
+def ranker_reason_explanation(item: dict, reason: dict | None, kind: str = "item") -> str:
+    """A template naming the ranker's reason: ``reason`` is the shown history item whose deletion lowers the
+    item's score most (``ranker.attribution``, leave-one-out on SASRec; the explainer stage's
+    ``reference_reasons: ranker``), or None when no shown item's deletion lowers it. Shared genres are
+    named only when there are some, so the template never claims a likeness the metadata does not show;
+    with no reason it names no history title at all (faithfulness@k then scores it 0, honestly).
+    """
+    title, attrs = _with_year(item), _attrs(item)
+    if reason is None:
+        if attrs:
+            return f"{title} is a {', '.join(a.lower() for a in attrs[:3])} {kind} you may enjoy."
+        return f"{title} is popular with users like you."
+    shared = [a for a in attrs if a in set(_attrs(reason))]
+    if shared:
+        return (f"Because you enjoyed {reason['title']}, you may like {title}: "
+                f"it is also a {' and '.join(a.lower() for a in shared[:2])} {kind}.")
+    if attrs:
+        return f"Because you enjoyed {reason['title']}, you may like {title}, a {', '.join(a.lower() for a in attrs[:3])} {kind}."
+    return f"People who chose {reason['title']} also chose {title}."
+
+
 def reference_rows(inter: pd.DataFrame, train_per_user: int) -> np.ndarray:
     """Boolean mask over ``inter`` rows: valid/test and the last ``train_per_user`` train rows of each user."""
     n_train = (inter["split"] == "train").groupby(inter["user_id"]).transform("sum").to_numpy()

@@ -36,9 +36,12 @@ from shielded_recrl.explainer.bridge import Bridge, BridgeConfig, embedding_rms,
 from shielded_recrl.explainer.checkpoint import save_checkpoint
 from shielded_recrl.explainer.generation import generate
 from shielded_recrl.explainer.loading import OFFLINE_ALIAS, add_lora, load_base
-from shielded_recrl.explainer.policy import Explainer, ItemCatalog, PromptSettings, reference_examples
-from shielded_recrl.explainer.prompts import item_kind
+from shielded_recrl.dataset.references import ranker_reason_explanation
+from shielded_recrl.eval.faithfulness import top_contributor
+from shielded_recrl.explainer.policy import Example, Explainer, ItemCatalog, PromptSettings, reference_examples
+from shielded_recrl.explainer.prompts import item_kind, shown_history
 from shielded_recrl.explainer.sft import SFTSettings, encode, train_sft
+from shielded_recrl.ranker.attribution import shown_attribution
 from shielded_recrl.ranker.checkpoint import checkpoint_sha256, load_ranker
 
 STAGE = "lora_init"
@@ -75,6 +78,11 @@ class LoraInitConfig(SFTSettings):
     max_seq_len_explainer: int = dataclasses.field(default=256, metadata={"help": "prompt + response tokens"})
     explanation_max_len: int = dataclasses.field(default=48, metadata={"help": "response tokens (incl. end of turn)"})
     max_history: int = 10
+    reference_reasons: str = dataclasses.field(default="recent_genre", metadata={
+        "choices": ["recent_genre", "ranker"],
+        "help": "template references name the most recent history item sharing a genre (built with the "
+                "dataset), or the ranker's top contributor among the items the prompt shows (leave-one-out "
+                "on SASRec, built here; docs/faithfulness.md); review references are kept either way"})
     # data
     val_users_fraction: float = 0.1
     max_train_examples: int = dataclasses.field(default=0, metadata={"help": "0: all"})
@@ -157,6 +165,28 @@ def sample_explanations(explainer: Explainer, examples, max_new_tokens: int) -> 
              "explanation": text} for ex, text in zip(examples, out.texts)]
 
 
+def ranker_references(explainer: Explainer, ranker, examples: list[Example], data) -> list[Example]:
+    """``examples`` with each template reference rewritten to name the ranker's top contributor among the
+    history items its prompt shows (``explainer``'s prompt settings decide how many), on the original
+    store; review references (human text) are kept."""
+    template = set(map(tuple, data.references.loc[data.references["source"] == "template",
+                                                  ["user_id", "item_id"]].to_numpy().tolist()))
+    rows = [k for k, ex in enumerate(examples) if (ex.user_id, ex.item_id) in template]
+    if not rows:
+        return examples
+    chosen = [examples[k] for k in rows]
+    shown = [[int(i) for i in shown_history(ex.history, explainer.prompt(ex).n_history)] for ex in chosen]
+    attr = shown_attribution(ranker, [ex.history for ex in chosen], [ex.item_id for ex in chosen], shown)
+    tops = top_contributor(attr.items, attr.contributions)
+    kind, out = item_kind(data.dataset), list(examples)
+    for k, ex, top in zip(rows, chosen, tops.tolist()):
+        reason = explainer.catalog[int(top)] if top > 0 else None
+        out[k] = ex._replace(reference=ranker_reason_explanation(explainer.catalog[ex.item_id], reason, kind))
+    log.info("references: %d template references name the ranker's top contributor (%d name none: no shown "
+             "item's deletion lowers the score)", len(rows), int((tops == 0).sum()))
+    return out
+
+
 def run(cfg: LoraInitConfig, force: bool = False) -> dict:
     started = time.time()
     out_dir = resolve_user_path(cfg.out_dir) if cfg.out_dir else checkpoints_dir() / f"lora_init_{cfg.dataset}"
@@ -166,7 +196,8 @@ def run(cfg: LoraInitConfig, force: bool = False) -> dict:
     device, dtype = prepare_runtime(seed=cfg.seed, device=cfg.device, dtype=cfg.dtype, threads=cfg.threads)
 
     data = load_processed(cfg.dataset)
-    ranker, ranker_path = (None, None) if cfg.no_bridge else load_ranker_for(cfg, data)
+    needs_ranker = not cfg.no_bridge or cfg.reference_reasons == "ranker"
+    ranker, ranker_path = load_ranker_for(cfg, data) if needs_ranker else (None, None)
     inputs = {"processed": data.folder} | ({"ranker": ranker_path} if ranker_path else {})
     if not force and manifest.is_complete(out_dir, STAGE, to_dict(cfg), inputs):
         log.info("%s is complete for this config and inputs; skipping (use --force to redo)", out_dir)
@@ -188,13 +219,15 @@ def run(cfg: LoraInitConfig, force: bool = False) -> dict:
                               max_history=cfg.max_history, n_user_tokens=cfg.n_user_tokens,
                               n_item_tokens=cfg.n_item_tokens,
                               ranker_max_len=ranker.cfg.max_len if ranker is not None else 50)
-    explainer = Explainer(model, tok, ItemCatalog(data.items), settings, bridge, ranker)
+    explainer = Explainer(model, tok, ItemCatalog(data.items), settings, bridge, ranker if bridge is not None else None)
     n_train_params = sum(p.numel() for p in explainer.trainable_parameters())
     log.info("trainable parameters: %.2fM (LoRA%s)", n_train_params / 1e6, " + bridge" if bridge else "")
 
     train_users, val_users = split_users(data.n_users, cfg.val_users_fraction, cfg.seed)
     train_ex = _subsample(reference_examples(data, train_users), cfg.max_train_examples, cfg.seed)
     val_ex = _subsample(reference_examples(data, val_users), cfg.max_val_examples, cfg.seed + 1)
+    if cfg.reference_reasons == "ranker":
+        train_ex, val_ex = (ranker_references(explainer, ranker, exs, data) for exs in (train_ex, val_ex))
     if not train_ex or not val_ex:
         raise InputError(data.folder / "references.parquet", "training references for training and held-out users",
                          f"{len(train_ex)} train / {len(val_ex)} validation examples", "Re-run preprocessing.")
