@@ -63,6 +63,8 @@ from . import ppo_math as P
 from .config import PPOSettings
 
 log = logging.getLogger("recrl")
+# the phases of one PPO step whose wall time step() reports as time/<phase>_s (the shield: charts/shield_s)
+PHASES = ("prompt", "generate", "policy_pass", "reference_pass", "reward", "update_pass", "optimizer")
 
 # (user ids (B,), item ids (B,), texts, response token ids per text, the history items each prompt showed)
 #   → (reward (B,), click probability (B,))
@@ -165,8 +167,17 @@ class PPOTrainer:
         model.eval()  # NOTE: no dropout, so rollout and update log-probs are the same function
         self.skipped_steps = 0
         self.shield_seconds = 0.0  # time spent in the shield (its overhead)
+        self.phase_seconds: dict[str, float] = {}  # this step's wall time per phase (PHASES), reset by step()
 
     # --- plumbing --------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _timed(self, phase: str):
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.phase_seconds[phase] = self.phase_seconds.get(phase, 0.0) + time.perf_counter() - t
+
     def _ref_params(self) -> list[torch.Tensor]:
         return self.policy_params + ([self.store] if self.store is not None else [])
 
@@ -210,24 +221,29 @@ class PPOTrainer:
             n = min(s.prompts_per_chunk, n_left)
             users, items, examples = self.sample_pairs(n, generator)
             prompts = [self.x.prompt(ex) for ex in examples]
-            prep = self.x.prepare(examples, prompts)
-            embeds, pmask = self.x.embed(prep), prep.prompts.mask
+            with self._timed("prompt"):
+                prep = self.x.prepare(examples, prompts)
+                embeds, pmask = self.x.embed(prep), prep.prompts.mask
             if G > 1:  # METHOD: G samples per prompt, from one prompt encoding (bridge + embeddings) expanded
                 embeds, pmask = embeds.repeat_interleave(G, 0), pmask.repeat_interleave(G, 0)
                 users, items = (torch.as_tensor(t).repeat_interleave(G) for t in (users, items))
                 examples = [e for e in examples for _ in range(G)]
                 prompts = [q for q in prompts for _ in range(G)]
-            out = generate(self.x.model, self.x.tok, embeds, pmask, max_new_tokens=s.max_new_tokens,
-                           temperature=s.temperature, top_p=s.top_p, score=False)
+            with self._timed("generate"):
+                out = generate(self.x.model, self.x.tok, embeds, pmask, max_new_tokens=s.max_new_tokens,
+                               temperature=s.temperature, top_p=s.top_p, score=False)
             ids, mask = out.response_ids.cpu(), out.response_mask.cpu()
-            old_logp, values = self.forward(examples, prompts, ids, mask)
+            with self._timed("policy_pass"):
+                old_logp, values = self.forward(examples, prompts, ids, mask)
             if s.kl_beta != 0:
-                with self.reference_weights():
+                with self._timed("reference_pass"), self.reference_weights():
                     ref_logp, _ = self.forward(examples, prompts, ids, mask)
             else:  # no KL term: the reference pass would only feed a logged diagnostic
                 ref_logp = old_logp
             shown = [shown_history(e.history, q.n_history) for e, q in zip(examples, prompts)]
-            reward, ctr = self.reward_fn(users, items, out.texts, [r[k].tolist() for r, k in zip(ids, mask)], shown)
+            with self._timed("reward"):
+                reward, ctr = self.reward_fn(users, items, out.texts, [r[k].tolist() for r, k in zip(ids, mask)],
+                                             shown)
             parts.append((examples, prompts, users, items, ids, mask, old_logp.cpu(), ref_logp.cpu(),
                           values.cpu(), reward.float().cpu(), ctr.float().cpu(), out.texts))
             n_left -= n
@@ -283,6 +299,7 @@ class PPOTrainer:
                     j = idx[ms:ms + s.micro_batch_size]
                     T = int(b.response_mask[j].sum(1).max())  # trim the micro-batch's common padding
                     ids, mask = b.response_ids[j, :T], b.response_mask[j, :T]
+                    t_fwd = time.perf_counter()
                     logp, v = self.forward([b.examples[i] for i in j], [b.prompts[i] for i in j], ids, mask)
                     dev = logp.device
                     m = mask.to(dev)
@@ -300,6 +317,8 @@ class PPOTrainer:
                         finite = False
                         break
                     loss.backward()
+                    self.phase_seconds["update_pass"] = (self.phase_seconds.get("update_pass", 0.0)
+                                                         + time.perf_counter() - t_fwd)
                     for k, val in (("pg_loss", pl.loss), ("vf_loss", vl), ("clip_frac", pl.clip_frac),
                                    ("approx_kl", pl.approx_kl), ("vf_clip_frac", vclip)):
                         stats[k].append(float(val.detach()))
@@ -313,8 +332,9 @@ class PPOTrainer:
                                 self.skipped_steps)
                     self.opt.zero_grad(set_to_none=True)
                     continue
-                self.shield.before_step() if self.shield is not None else None
-                self.opt.step()
+                with self._timed("optimizer"):
+                    self.shield.before_step() if self.shield is not None else None
+                    self.opt.step()
                 if self.shield is not None:
                     t = time.perf_counter()
                     self.shield.after_step()  # METHOD: the shield on the shared store after every AdamW step
@@ -326,6 +346,7 @@ class PPOTrainer:
 
     def step(self, generator: torch.Generator) -> tuple[dict[str, float], Rollout]:
         """One PPO iteration → (metrics, the batch)."""
+        self.phase_seconds = {}
         t0 = time.time()
         b = self.rollout(generator)
         t1 = time.time()
@@ -344,6 +365,7 @@ class PPOTrainer:
             "charts/response_len": n_tok / len(b.examples), "charts/tokens_per_s": n_tok / max(t2 - t0, 1e-9),
             "charts/rollout_s": t1 - t0, "charts/update_s": t2 - t1, "charts/skipped_steps": self.skipped_steps,
             "charts/shield_s": self.shield_seconds - sh0, "charts/step_s": t2 - t0,
+            **{f"time/{k}_s": self.phase_seconds.get(k, 0.0) for k in PHASES},
         }
         if self.shield is not None:
             metrics.update(self.shield.stats())

@@ -13,10 +13,12 @@ checkpoint of any tag. ``--resume auto`` continues from the run's ``latest``.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -33,6 +35,7 @@ from shielded_recrl.explainer.checkpoint import read_info
 from shielded_recrl.explainer.policy import Example
 from shielded_recrl.projection.artifacts import load_basis
 from shielded_recrl.projection.shield import Shield, ShieldConfig
+from shielded_recrl.ranker.attribution import shown_attribution
 from shielded_recrl.ranker.checkpoint import checkpoint_sha256, load_ranker
 from shielded_recrl.ranker.evaluate import all_scores
 from shielded_recrl.trainer import run_folder
@@ -199,13 +202,25 @@ def load_step(folder: Path, cfg: RecRLConfig, trainer: PPOTrainer, sim: UserSimu
 
 
 # --- the stage ---------------------------------------------------------------------------------------
-def run(cfg: RecRLConfig, reward_fn=None) -> dict:
-    """``reward_fn`` replaces the simulator's reward (tests); the simulator still picks users and slates."""
-    check(cfg)
-    started = time.time()
-    log_dir = logs_dir() / cfg.dataset / cfg.tag
-    setup_logging(log_dir / "train.log")
-    log.info("config (mode %s): %s", cfg.mode, json.dumps(to_dict(cfg)))
+class Built(NamedTuple):
+    """Everything one PPO run is made of (:func:`build`), before its first step."""
+
+    data: object
+    ranker: torch.nn.Module
+    shield: Shield
+    shield_info: dict
+    explainer: object
+    histories: list
+    sim: UserSimulator
+    panel: list
+    trainer: PPOTrainer
+    resolved: dict  # the run's inputs, as portable paths (the checkpoint's record)
+    device: torch.device
+
+
+def build(cfg: RecRLConfig, reward_fn=None) -> Built:
+    """The run's runtime (seeds, device), data, ranker, shield, explainer, simulator, fixed panel and
+    trainer, before any step. ``reward_fn`` replaces the simulator's reward (tests, benchmarks)."""
     device, dtype = prepare_runtime(seed=cfg.seed, device=cfg.device, dtype=cfg.dtype, threads=cfg.threads)
 
     data = load_processed(cfg.dataset)
@@ -230,13 +245,15 @@ def run(cfg: RecRLConfig, reward_fn=None) -> dict:
     scores = all_scores(ranker, data, "valid")
     scores[:, 0] = 0.0  # padding column (the simulator never shows it)
     if reward_fn is None:
-        from shielded_recrl.trainer.quality import QualityScorer, load_encoder
+        from shielded_recrl.trainer.quality import QualityConfig, QualityScorer, load_encoder
 
-        quality = QualityScorer(data.items, load_encoder())
+        quality = QualityScorer(data.items, load_encoder(), QualityConfig().with_faithfulness(cfg.w_faithfulness))
     else:
         quality = None
+    # the ranker's reasons are read from the original store E0 (the model's own table co-adapts)
+    reasons = functools.partial(shown_attribution, ranker, item_table=shield.E0.detach().clone())
     sim = UserSimulator(scores, histories, quality, SimulatorConfig(slate_size=cfg.slate_size, reward=cfg.sim_reward,
-                                                                    z_over=cfg.z_over, seed=cfg.seed))
+                                                                    z_over=cfg.z_over, seed=cfg.seed), reasons=reasons)
     if cfg.panel_users > 0 and reward_fn is not None:
         raise InputError("--panel_users", "the simulator's reward (the panel scores q and CTR with it)",
                          "a replaced reward function", "Run the panel with the simulator.")
@@ -245,6 +262,18 @@ def run(cfg: RecRLConfig, reward_fn=None) -> dict:
                          make_pair_sampler(sim, histories, {e.user_id for e in panel}),
                          reward_fn or simulator_reward(sim, cfg.reward),
                          ValueHead(explainer.model.config.hidden_size, cfg.value_hidden))
+    return Built(data, ranker, shield, shield_info, explainer, histories, sim, panel, trainer, resolved, device)
+
+
+def run(cfg: RecRLConfig, reward_fn=None) -> dict:
+    """``reward_fn`` replaces the simulator's reward (tests); the simulator still picks users and slates."""
+    check(cfg)
+    started = time.time()
+    log_dir = logs_dir() / cfg.dataset / cfg.tag
+    setup_logging(log_dir / "train.log")
+    log.info("config (mode %s): %s", cfg.mode, json.dumps(to_dict(cfg)))
+    data, ranker, shield, shield_info, explainer, histories, sim, panel, trainer, resolved, device = \
+        build(cfg, reward_fn)
     # METHOD: the drift guard compares with the original store E0 — computed before a resume puts the
     # checkpoint's store in place, so a resumed run keeps measuring drift since E0, not since the resume
     guard = cfg.monitor_every > 0
