@@ -1,7 +1,9 @@
 """Non-personalised reference rankers, evaluated through the same code path as SASRec.
 
 - most-popular: item score = number of train interactions; count ties are broken by a fixed,
-  seeded permutation (not by the optimistic tie rule of ``metrics.py``, which would flatter it).
+  seeded permutation. ``metrics.py`` would now average over count ties (they count ½); the fixed
+  tie-break is kept so the baseline is one total order (its numbers are one draw of that average, and
+  stay what earlier runs reported).
 - random: uniform random scores from a seeded generator.
 """
 

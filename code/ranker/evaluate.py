@@ -22,7 +22,7 @@ from .data import EvalInputs, eval_inputs
 
 PROTOCOLS = ("full_masked", "full_unmasked", "sampled100")
 
-# scorer(histories (B, L) long, rows (B,) long user indices) -> scores (B, N+1)
+# scorer(histories (B, L) long, rows (B,) long user indices) -> scores (B, N+1), finite for items 1..N
 Scorer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -52,18 +52,23 @@ def evaluate_scorer(scorer: Scorer, inputs: EvalInputs, *, batch_size: int = 102
     """Rank every user's target under each protocol. Returns ``{"metrics", "per_user", "ranks", "n_users"}``.
 
     ``metrics[protocol]`` maps ``ndcg@k``/``hr@k`` to means; ``per_user[protocol]`` maps them to (U,)
-    tensors; ``ranks[protocol]`` is the (U,) 0-based rank. The sampled-100 negatives come from a
+    tensors; ``ranks[protocol]`` is a :class:`metrics.Ranks` of (U,) tensors (``greater``, ``ties``;
+    ``.expected()`` is the 0-based rank under random tie-breaking). The sampled-100 negatives come from a
     ``torch.Generator`` seeded with ``seed`` (same seed and batch size → same negatives).
+
+    Raises ``ValueError`` when the scorer returns a NaN or ±inf score for a real item (column 0,
+    padding, is ignored): a diverged model would otherwise rank its targets first.
     """
     unknown = set(protocols) - set(PROTOCOLS)
     if unknown:
         raise ValueError(f"unknown protocol(s) {sorted(unknown)}; choose from {PROTOCOLS}")
     gen = torch.Generator().manual_seed(seed)
     U = len(inputs.targets)
-    ranks: dict[str, list[torch.Tensor]] = {p: [] for p in protocols}
+    ranks: dict[str, list[M.Ranks]] = {p: [] for p in protocols}
     for i in range(0, U, batch_size):
         rows = torch.arange(i, min(i + batch_size, U))
         scores = scorer(inputs.histories[rows], rows).float().cpu()
+        M.check_finite(scores, first_row=i)  # rows numbered over all U users, not within the batch
         tgt = inputs.targets[rows]
         if "full_masked" in ranks:
             ranks["full_masked"].append(M.target_ranks(scores, tgt, inputs.seen[rows]))
@@ -73,7 +78,7 @@ def evaluate_scorer(scorer: Scorer, inputs: EvalInputs, *, batch_size: int = 102
             ranks["sampled100"].append(M.sampled_ranks(scores, tgt, inputs.interacted[rows], gen, 100))
     out = {"n_users": U, "metrics": {}, "per_user": {}, "ranks": {}}
     for p, parts in ranks.items():
-        r = torch.cat(parts)
+        r = M.Ranks(torch.cat([part.greater for part in parts]), torch.cat([part.ties for part in parts]))
         out["ranks"][p] = r
         out["metrics"][p] = M.summarise(r, tuple(ks))
         out["per_user"][p] = {f"{m}@{k}": f(r, k) for k in ks for m, f in (("ndcg", M.ndcg_at_k), ("hr", M.hr_at_k))}

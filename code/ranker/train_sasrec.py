@@ -35,7 +35,8 @@ PROTOCOL_NOTE = {
     "full_masked": "rank among all items, the user's input-history items masked (primary)",
     "full_unmasked": "rank among all items, nothing masked (RecBole's protocol for sequential models)",
     "sampled100": "rank among 100 seeded negatives the user never interacted with (SASRec paper)",
-    "ties": "a candidate beats the target only with a strictly greater score",
+    "ties": "a tied candidate counts half: NDCG/HR are averaged over the target's possible positions under random "
+            "tie-breaking (metrics.Ranks); non-finite scores are refused",
 }
 
 
@@ -93,7 +94,7 @@ def main(argv=None):
         mlog.log({k: v for k, v in metrics.items() if k.startswith("test/") or k.startswith("valid/")}, step=None)
 
     for split in ("valid", "test"):
-        print(f"\n[ranker] {cfg.dataset} {split} ({len(data.targets(split))} users; ties: strictly greater only)")
+        print(f"\n[ranker] {cfg.dataset} {split} ({len(data.targets(split))} users; ties: averaged over random tie-breaking)")
         print(table(results[split]))
     print("\nprotocols: " + "; ".join(f"{k} = {v}" for k, v in PROTOCOL_NOTE.items()))
 
