@@ -74,13 +74,39 @@ def test_split_is_chronological_leave_one_out(rows):
         assert not held & set(g.loc[g["split"] == "train", "item_id"])  # no leak into train history
 
 
+def test_split_ties_count_users_whose_order_a_tied_timestamp_decided():
+    rows = [  # (user, item, ts) in raw-file order
+        ("a", 1, 10), ("a", 2, 20), ("a", 3, 30), ("a", 4, 30),  # valid 3 / test 4 tie (file order decides)
+        ("b", 1, 10), ("b", 2, 20), ("b", 3, 20), ("b", 4, 40),  # last train 2 / valid 3 tie
+        ("c", 1, 10), ("c", 2, 20), ("c", 3, 30), ("c", 4, 40),  # no tie
+        ("d", 5, 50), ("d", 1, 50), ("d", 2, 50),  # all three tied: both kinds
+        ("e", 6, 70), ("e", 7, 70),  # two interactions, tied: test/valid only (no train item)
+        ("f", 8, 80),  # one interaction: no valid item, untied
+        ("g", 2, 5), ("g", 1, 9), ("g", 3, 9), ("g", 4, 1),  # out of file order: 4, 2 | 1, 3 tie at 9
+    ]
+    df = pd.DataFrame(rows, columns=["user_raw", "item_raw", "ts"])
+    df, _, _ = transforms.remap_ids(transforms.chronological(df))
+    out = transforms.leave_one_out(df)
+    g = out[out["user_raw"] == "g"]
+    assert g["item_raw"].tolist() == [4, 2, 1, 3] and g["split"].tolist()[-2:] == ["valid", "test"]
+    ties = transforms.split_ties(out)
+    n = 7
+    assert ties["test_valid"] == {"users": 4, "rate": 4 / n}  # a, d, e, g
+    assert ties["valid_train"] == {"users": 2, "rate": 2 / n}  # b, d
+    assert ties["either"] == {"users": 5, "rate": 5 / n}  # a, b, d, e, g
+    assert "share" in ties["definition"]
+    with pytest.raises(ValueError, match="reordered"):
+        transforms.split_ties(out.sort_values("item_raw", kind="stable"))
+
+
 def test_processed_split_on_fixture(tmp_path, monkeypatch):
     """Through the real writer and reader: targets are each user's latest, histories exclude them."""
     monkeypatch.setenv("RECRL_ROOT", str(tmp_path))
     shutil.copytree(FIX / "ml25m", tmp_path / "data/raw/ml25m")
-    run(PreprocessConfig(dataset="ml25m"))
+    stats = run(PreprocessConfig(dataset="ml25m"))
     p = load_processed("ml25m")
     inter = p.interactions
+    assert p.stats["split_ties"] == stats["split_ties"] == transforms.split_ties(inter)
     test, valid = p.targets("test"), p.targets("valid")
     for u, hist in enumerate(p.sequences("train"), 1):
         g = inter[inter["user_id"] == u].sort_values("pos")
@@ -119,6 +145,8 @@ def test_ml100k_end_to_end_from_recbole_wheel(tmp_path, monkeypatch):
     n_users, n_items = len({u for u, _ in core}), len({i for _, i in core})
     assert (stats["users"], stats["items"], stats["interactions"]) == (n_users, n_items, len(core))
     assert (n_users, n_items, len(core)) == (943, 1349, 99287)  # DESIGN.md §7
+    # 44% of users: file order, not time, decided which of their last two items is the test target
+    assert stats["split_ties"]["test_valid"]["users"] == 416
 
     p = load_processed("ml100k")
     assert p.n_users == 943 and p.n_items == 1349

@@ -125,6 +125,8 @@ def process(raw: loaders.RawData, cfg: PreprocessConfig, min_rating: float | Non
         "order": raw.order,
         "rating_unit": raw.rating_unit,
         "split": "leave-one-out: last = test, second-last = valid, rest = train",
+        # users whose valid/test (or valid/last-train) order a tied timestamp decided; see transforms.split_ties
+        "split_ties": transforms.split_ties(inter),
     }
     return {"interactions": inter_out, "items": items, "users": users, "references": refs, "stats": stats}
 
