@@ -53,3 +53,111 @@ def test_held_out_judge_prefers_the_explained_item():
              "You will love this!"]
     rel = item_relevance(judge, texts, [item] * 3)
     assert rel.shape == (3,) and rel[0] > rel[1] and rel[0] > rel[2]
+
+
+# --- paired bootstrap of the corpus-level text metrics ----------------------------------------------------
+def _text_records(system, texts, refs, source="template"):
+    return [{"system": system, "set": "test_item", "user_id": u + 1, "item_id": 1 + u % 3, "text": t,
+             "reference": r, "reference_source": source, "history": [], "shown": []}
+            for u, (t, r) in enumerate(zip(texts, refs))]
+
+
+def _corpus(n, seed):
+    rng = np.random.default_rng(seed)
+    vocab = "the a film story great funny dark tense you will love it is for kids and".split()
+    genres = ["a comedy", "an animated film", "a thriller", "a drama", "a war film", ""]
+    return [" ".join(rng.choice(vocab, rng.integers(4, 14))) + " " + genres[rng.integers(len(genres))]
+            for _ in range(n)]
+
+
+def _items():
+    import pandas as pd
+
+    return pd.DataFrame({"item_id": [1, 2, 3], "title": ["Toy Story", "GoldenEye", "Twelve Monkeys"],
+                         "genres": ["Animation|Children's|Comedy", "Action|Adventure|Thriller", "Drama|Sci-Fi"]})
+
+
+class _HashEncoder:
+    def encode(self, texts):
+        import zlib
+
+        from shielded_recrl.eval import text_metrics as tm
+
+        out = np.zeros((len(texts), 256))
+        for i, t in enumerate(texts):
+            for w in tm.words(t):
+                out[i, zlib.crc32(w.encode()) % 256] += 1.0
+        return out
+
+
+def test_bootstrap_weights_are_seeded_draws_of_n():
+    from shielded_recrl.eval.compare import bootstrap_weights
+
+    w = bootstrap_weights(50, 200, seed=3)
+    assert w.shape == (200, 50) and (w.sum(1) == 50).all()
+    assert np.array_equal(w, bootstrap_weights(50, 200, seed=3))
+    assert not np.array_equal(w, bootstrap_weights(50, 200, seed=4))
+
+
+def test_bootstrap_of_identical_systems_is_exactly_zero():
+    from shielded_recrl.eval.compare import bootstrap_text
+    from shielded_recrl.eval.text_metrics import RESAMPLED_KEYS
+
+    texts, refs = _corpus(80, 0), _corpus(80, 1)
+    out = bootstrap_text(_text_records("recrl", texts, refs), _text_records("warm_start", texts, refs)[::-1],
+                         _items(), _HashEncoder(), n_boot=300)
+    assert list(out) == ["template"] and set(out["template"]) == set(RESAMPLED_KEYS)
+    for k, c in out["template"].items():
+        assert (c["diff"], c["lo"], c["hi"], c["n"]) == (0.0, 0.0, 0.0, 80), k
+
+
+def test_bootstrap_ci_excludes_zero_for_a_planted_difference():
+    """The system copies the reference for half the users: every overlap metric must be clearly higher; a
+    system naming the item's genre where the baseline names a wrong one has higher genre precision."""
+    from shielded_recrl.eval.compare import bootstrap_text
+
+    base, refs = _corpus(120, 2), _corpus(120, 3)
+    better = [r if u % 2 == 0 else t for u, (t, r) in enumerate(zip(base, refs))]
+    out = bootstrap_text(_text_records("recrl", better, refs), _text_records("warm_start", base, refs),
+                         _items(), _HashEncoder(), n_boot=500)["template"]
+    for k in ("bleu4", "bleu1", "rougeL", "embed_sim"):
+        assert 0 < out[k]["lo"] <= out[k]["diff"] <= out[k]["hi"], (k, out[k])
+    right = ["a fun comedy", "a tense thriller", "a moving drama"]
+    wrong = ["a moving drama", "a fun comedy", "a tense thriller"]
+    sys_ = _text_records("recrl", [right[u % 3] for u in range(60)], ["x"] * 60)
+    bas = _text_records("warm_start", [wrong[u % 3] if u % 4 else right[u % 3] for u in range(60)], ["x"] * 60)
+    g = bootstrap_text(sys_, bas, _items(), _HashEncoder(), n_boot=500)["template"]["genre_precision"]
+    assert g["lo"] > 0 and g["diff"] == pytest.approx(1.0 - 15 / 60)
+
+
+def test_bootstrap_full_sample_bleu_is_sacrebleu_and_pairs_are_checked():
+    from shielded_recrl.eval import text_metrics as tm
+    from shielded_recrl.eval.compare import bootstrap_stats, bootstrap_text, compare_text
+
+    texts, refs, other = _corpus(64, 4), _corpus(64, 5), _corpus(64, 6)
+    a, b = _text_records("recrl", texts, refs), _text_records("warm_start", other, refs)
+    c = bootstrap_stats(tm.text_stats(a, _items(), encoder=_HashEncoder()),
+                        tm.text_stats(b, _items(), encoder=_HashEncoder()), n_boot=100)
+    assert c["bleu4"]["diff"] == pytest.approx(tm.bleu(texts, refs)["bleu4"] - tm.bleu(other, refs)["bleu4"], abs=1e-9)
+    with pytest.raises(ValueError, match="same"):
+        bootstrap_text(a[:-1], b, _items(), _HashEncoder(), n_boot=10)
+    per_source, pooled = compare_text(a + b + _text_records("base", other, refs), _items(), _HashEncoder(), n_boot=50)
+    assert set(per_source["template"]) == {"recrl", "base"} and "bleu4" not in pooled["recrl"]
+    assert pooled["base"]["distinct2"]["diff"] == 0.0 and "genre_precision" in pooled["recrl"]
+    assert compare_text(a, _items(), _HashEncoder()) == ({}, {})
+
+
+def test_bootstrap_of_256_users_is_fast():
+    """B = 1000 resamples of 256 users, every metric: the sufficient statistics make it well under a
+    second (resampling texts through sacrebleu's corpus_score took ~60 s per system)."""
+    import time
+
+    from shielded_recrl.eval import text_metrics as tm
+    from shielded_recrl.eval.compare import bootstrap_stats
+
+    texts, refs, other = _corpus(256, 7), _corpus(256, 8), _corpus(256, 9)
+    a = tm.text_stats(_text_records("recrl", texts, refs), _items(), encoder=_HashEncoder())
+    b = tm.text_stats(_text_records("warm_start", other, refs), _items(), encoder=_HashEncoder())
+    t0 = time.perf_counter()
+    out = bootstrap_stats(a, b, n_boot=1000)
+    assert time.perf_counter() - t0 < 10.0 and out["bleu4"]["n_boot"] == 1000

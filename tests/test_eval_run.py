@@ -82,6 +82,21 @@ def test_evaluate_run_writes_metrics_and_explanations(runs, monkeypatch):
     for field in ("ctr", "q", "faith1", "hallucinated", "prompt_copy", "self_reference", "unfinished", "judge_item"):
         c = vs["recrl"][field]
         assert c["n"] == 4 and c["ci_low"] <= c["diff"] <= c["ci_high"] and 0.0 <= c["p"] <= 1.0, field
+    # text metrics: reference-based ones only per reference source, never pooled into "systems"
+    ref_keys = {"bleu1", "bleu4", "rouge1", "rouge2", "rougeL", "embed_sim"}
+    for system, m in frozen["systems"].items():
+        assert not ref_keys & set(m) and {"genre_mention", "genre_precision", "distinct2", "ctr"} <= set(m), system
+    assert set(frozen["by_source"]) == {"template"}  # ML-100K: template references only
+    assert ref_keys <= set(frozen["by_source"]["template"]["recrl"])
+    # every text-metric difference to the warm start carries a paired bootstrap interval over the same users
+    text_vs = frozen["text_vs_warm_start"]["template"]
+    assert set(text_vs) == {"recrl", "base", "template"}
+    for metric in ("bleu4", "rougeL", "embed_sim", "distinct1", "distinct2", "genre_recall"):
+        c = text_vs["recrl"][metric]
+        assert c["n"] == 4 and c["n_boot"] == 1000 and c["lo"] <= c["hi"], metric
+    pooled = frozen["text_vs_warm_start_all"]["recrl"]
+    assert "distinct2" in pooled and "bleu4" not in pooled
+    assert "text_vs_warm_start" in frozen["protocol"]
     slate_rows = [r for r in recs if r["set"] == "slate"]
     assert all(set(r["shown"]) <= set(r["history"]) and r["faith1"] in (0.0, 1.0) for r in slate_rows)
 

@@ -13,13 +13,24 @@ an expected tag without a run folder is a row with status ``missing``.
 Where each column comes from (one source each; an absent file or key leaves the cell empty, printed as
 missing, never filled in):
 - ``metrics.jsonl`` (one row per PPO step; a step logged twice after a resume keeps its last row, as in
-  the trainer's summary): ``ctr_first``/``ctr_last`` (``env/ctr``) and the figures' curves.
+  the trainer's summary): ``ctr_first``/``ctr_last`` (``env/ctr``: the step's freshly drawn training users),
+  ``panel_step_last``, ``panel_dq_last``, ``panel_dq_se_last``, ``panel_dctr_pp_last``,
+  ``panel_dctr_pp_se_last`` (the last row with ``panel/*`` keys: policy − warm start on the fixed validation
+  panel, paired SE; empty for a run trained without ``--panel_users``) and the figures' curves.
 - ``summary.json``: ``mode`` (else ``eval.json``'s), ``steps``, ``stop_reason``, ``reward_first``,
   ``reward_last``, ``kl_last``, ``val_ndcg_orig``, ``val_ndcg_last``, ``val_ndcg_drift`` (last − orig: the
   live monitor's validation NDCG@10, full ranking with seen items masked), ``top10_overlap_last``.
 - ``eval.json`` (evaluate_run.py): ``<protocol>/<metric>/{orig,run,diff,diff_se}`` for full_masked
   ndcg@10 and hr@10 and sampled100 ndcg@10, ``top10_overlap``, ``kendall_tau``, ``max_score_change``,
-  ``recrl/<metric>`` for the trained explainer, ``recrl/ctr_lift_pp`` (over the warm start).
+  ``recrl/<metric>`` for the trained explainer's reference-free metrics (``systems``: USR, distinct-n,
+  genre mention/precision/recall, hallucination rate, length, CTR, q), ``recrl/<source>/<metric>`` for
+  its reference-based ones per reference source (``by_source``; BLEU, ROUGE, embed_sim are never pooled
+  over sources), where ``<source>`` is ``template_fidelity`` for template references (built from item
+  metadata; the warm start is trained on the same templates, so these numbers measure template fidelity)
+  and ``review`` for review references; ``.../vs_warm_start/{diff,lo,hi}``: recrl − warm start with its
+  95% paired bootstrap interval over users (``text_vs_warm_start[_all]``), ``recrl/ctr_lift_pp`` (over
+  the warm start). Columns of a reference source the run's eval.json does not have stay empty and are not
+  listed as missing.
 - ``audit.json`` (the run's copy of the safety report, code/audit): ``toxicity_mean`` = ``toxicity.mean``,
   ``toxicity_p95`` = ``toxicity.p95``, ``gender_gap`` = ``bias.gender_gap``, ``gini_delta`` =
   ``popularity.gini_delta``, ``privacy_leak_rate`` = ``privacy.leak_rate`` (the values the policy
@@ -28,7 +39,12 @@ missing, never filled in):
 
 Status: ``complete`` when all four files exist, ``partial: no eval.json, no audit.json`` naming the absent
 ones, ``missing`` when the folder does not exist. τ sweep runs are tagged ``tau<energy>`` (``tau0.95``);
-when a dataset has such runs, a trade-off figure plots their ranking change against reward and CTR.
+when a dataset has such runs, a trade-off figure plots their ranking change against the last panel Δq and
+ΔCTR (when every τ run has a panel; else against the last step's training reward and CTR, so labelled).
+
+Figures per dataset: the fixed validation panel (Δq and ΔCTR vs the warm start ± 1.96 paired SE; the panel
+size N from the run's checkpoint ``config.json``, ``panel_users``), KL, and the validation NDCG@10 drift
+(± 1.96 paired SE where logged). A figure without data is skipped with a printed note.
 """
 
 from __future__ import annotations
@@ -47,13 +63,22 @@ from shielded_recrl.common.atomic import atomic_path, write_text
 from shielded_recrl.common.errors import InputError, run_cli
 from shielded_recrl.common.paths import resolve_user_path
 from shielded_recrl.eval import figures
+from shielded_recrl.trainer import run_folder
 
 RUN_FILES = ("metrics.jsonl", "summary.json", "eval.json", "audit.json")
 RANK_KEYS = ("full_masked/ndcg@10", "full_masked/hr@10", "sampled100/ndcg@10")
 RANK_PARTS = ("orig", "run", "diff", "diff_se")
 SYSTEM = "recrl"  # the trained explainer's name in eval.json "systems"
-SYSTEM_METRICS = ("bleu1", "bleu4", "rouge1", "rouge2", "rougeL", "embed_sim", "usr", "distinct1", "distinct2",
-                  "feature_match", "hallucination_rate", "mean_len", "ctr", "q")
+# eval.json "systems" (reference-free: text_metrics.REFERENCE_FREE_KEYS + the simulator's)
+SYSTEM_METRICS = ("usr", "distinct1", "distinct2", "genre_mention", "genre_named_rate", "genre_precision",
+                  "genre_recall", "hallucination_rate", "mean_len", "ctr", "q")
+# eval.json "by_source" key → the column label: on template references overlap is template fidelity
+SOURCES = {"template": "template_fidelity", "review": "review"}
+SOURCE_TITLE = {"template": "template fidelity", "review": "review refs"}
+SOURCE_METRICS = ("bleu1", "bleu4", "rouge1", "rouge2", "rougeL", "embed_sim")  # text_metrics.REFERENCE_KEYS
+CI_SOURCE_METRICS = ("bleu4", "rougeL", "embed_sim")  # text_vs_warm_start[source]
+CI_FREE_METRICS = ("distinct1", "distinct2", "genre_mention", "genre_precision", "genre_recall")  # ..._all
+CI_PARTS = ("diff", "lo", "hi")
 TAU_TAG = re.compile(r"^tau(\d+(?:\.\d+)?)$")
 MISSING_TEX = "—"
 
@@ -94,6 +119,11 @@ def _last(rows: list[dict], key: str):
     return s[-1][1] if s else None
 
 
+def _panel_last(rows: list[dict], key: str):
+    panel = [r for r in rows if r.get("panel/dq") is not None]
+    return panel[-1].get(key) if panel else None
+
+
 def _drift(s: dict):
     last, orig = s.get("val_ndcg_last"), s.get("val_ndcg_orig")
     return None if last is None or orig is None else last - orig
@@ -107,6 +137,9 @@ COLUMNS: list[tuple[str, str, Callable[[Any], Any]]] = [
     ("reward_last", "summary.json", lambda s: s.get("reward_last")),
     ("ctr_first", "metrics.jsonl", lambda rows: _first(rows, "env/ctr")),
     ("ctr_last", "metrics.jsonl", lambda rows: _last(rows, "env/ctr")),
+    ("panel_step_last", "metrics.jsonl", lambda rows: _panel_last(rows, "step")),
+    *[(f"panel_{k}_last", "metrics.jsonl", lambda rows, k=k: _panel_last(rows, f"panel/{k}"))
+      for k in ("dq", "dq_se", "dctr_pp", "dctr_pp_se")],
     ("kl_last", "summary.json", lambda s: s.get("kl_last")),
     ("val_ndcg_orig", "summary.json", lambda s: s.get("val_ndcg_orig")),
     ("val_ndcg_last", "summary.json", lambda s: s.get("val_ndcg_last")),
@@ -119,6 +152,14 @@ COLUMNS: list[tuple[str, str, Callable[[Any], Any]]] = [
     *[(name, "eval.json", lambda e, name=name: _get(e, "ranking", name))
       for name in ("top10_overlap", "kendall_tau", "max_score_change")],
     *[(f"{SYSTEM}/{m}", "eval.json", lambda e, m=m: _get(e, "systems", SYSTEM, m)) for m in SYSTEM_METRICS],
+    *[(f"{SYSTEM}/{label}/{m}", "eval.json", lambda e, src=src, m=m: _get(e, "by_source", src, SYSTEM, m))
+      for src, label in SOURCES.items() for m in SOURCE_METRICS],
+    *[(f"{SYSTEM}/{label}/{m}/vs_warm_start/{part}", "eval.json",
+       lambda e, src=src, m=m, part=part: _get(e, "text_vs_warm_start", src, SYSTEM, m, part))
+      for src, label in SOURCES.items() for m in CI_SOURCE_METRICS for part in CI_PARTS],
+    *[(f"{SYSTEM}/{m}/vs_warm_start/{part}", "eval.json",
+       lambda e, m=m, part=part: _get(e, "text_vs_warm_start_all", SYSTEM, m, part))
+      for m in CI_FREE_METRICS for part in CI_PARTS],
     (f"{SYSTEM}/ctr_lift_pp", "eval.json", lambda e: _get(e, "ctr_lift_pp", SYSTEM)),
     ("toxicity_mean", "audit.json", lambda a: _get(a, "toxicity", "mean")),
     ("toxicity_p95", "audit.json", lambda a: _get(a, "toxicity", "p95")),
@@ -206,8 +247,11 @@ def missing_report(row: dict[str, Any], run: Run | None) -> str | None:
     if run is None:
         return "no run folder"
     parts = ["mode"] if row["mode"] is None else []
+    sources = set(_get(run.eval, "by_source") or {}) if run.eval is not None else set(SOURCES)
+    absent = tuple(f"{SYSTEM}/{label}/" for src, label in SOURCES.items() if src not in sources)
     for src in RUN_FILES:
-        cols = [c for c, s, _ in COLUMNS if s == src and row[c] is None]
+        # a reference source the dataset does not have is not missing (ML-100K has no review references)
+        cols = [c for c, s, _ in COLUMNS if s == src and row[c] is None and not (absent and c.startswith(absent))]
         if not cols:
             continue
         if run.source(src) is None:
@@ -240,90 +284,145 @@ def _pm(diff, se) -> str:
     return f"${diff:+.4f}$" if se is None else f"${diff:+.4f} \\pm {se:.4f}$"
 
 
-TEX_COLUMNS: list[tuple[str, Callable[[dict], str]]] = [
-    ("Run", lambda r: _tex_escape(r["tag"])),
-    ("Mode", lambda r: MISSING_TEX if r["mode"] is None else _tex_escape(r["mode"]).replace("\\_", " ")),
-    ("Steps", lambda r: _num(r["steps"], "d")),
-    ("CTR", lambda r: _num(r[f"{SYSTEM}/ctr"], ".3f")),
-    ("Lift (pp)", lambda r: _num(r[f"{SYSTEM}/ctr_lift_pp"], "+.1f")),
-    ("$\\Delta$NDCG@10 full", lambda r: _pm(r["full_masked/ndcg@10/diff"], r["full_masked/ndcg@10/diff_se"])),
-    ("$\\Delta$NDCG@10 s100", lambda r: _pm(r["sampled100/ndcg@10/diff"], r["sampled100/ndcg@10/diff_se"])),
-    ("Top-10 ovl.", lambda r: _num(r["top10_overlap"], ".3f")),
-    ("Kendall $\\tau$", lambda r: _num(r["kendall_tau"], ".3f")),
-    ("BLEU-4", lambda r: _num(r[f"{SYSTEM}/bleu4"], ".3f")),
-    ("ROUGE-L", lambda r: _num(r[f"{SYSTEM}/rougeL"], ".3f")),
-    ("Halluc.", lambda r: _num(r[f"{SYSTEM}/hallucination_rate"], ".3f")),
-    ("Tox.", lambda r: _num(r["toxicity_mean"], ".3f")),
-    ("Audit", lambda r: MISSING_TEX if r["audit_verdict"] is None else _tex_escape(r["audit_verdict"])),
-]
+def _ci(diff, lo, hi) -> str:
+    if diff is None:
+        return MISSING_TEX
+    return f"${diff:+.3f}$" if lo is None or hi is None else f"${diff:+.3f}$ $[{lo:+.3f}, {hi:+.3f}]$"
+
+
+def tex_columns(sources: list[str]) -> list[tuple[str, Callable[[dict], str]]]:
+    """The table's columns; BLEU-4, ROUGE-L and ΔBLEU-4 once per reference source in ``sources``, each
+    header naming its source (on template references: template fidelity)."""
+    def text_cols(src: str) -> list[tuple[str, Callable[[dict], str]]]:
+        label, title = SOURCES[src], SOURCE_TITLE[src]
+        ci = f"{SYSTEM}/{label}/bleu4/vs_warm_start"
+        return [(f"BLEU-4 ({title})", lambda r: _num(r[f"{SYSTEM}/{label}/bleu4"], ".3f")),
+                (f"ROUGE-L ({title})", lambda r: _num(r[f"{SYSTEM}/{label}/rougeL"], ".3f")),
+                (f"$\\Delta$BLEU-4 vs WS ({title})", lambda r: _ci(r[f"{ci}/diff"], r[f"{ci}/lo"], r[f"{ci}/hi"]))]
+
+    return [
+        ("Run", lambda r: _tex_escape(r["tag"])),
+        ("Mode", lambda r: MISSING_TEX if r["mode"] is None else _tex_escape(r["mode"]).replace("\\_", " ")),
+        ("Steps", lambda r: _num(r["steps"], "d")),
+        ("CTR", lambda r: _num(r[f"{SYSTEM}/ctr"], ".3f")),
+        ("Lift (pp)", lambda r: _num(r[f"{SYSTEM}/ctr_lift_pp"], "+.1f")),
+        ("$\\Delta$NDCG@10 full", lambda r: _pm(r["full_masked/ndcg@10/diff"], r["full_masked/ndcg@10/diff_se"])),
+        ("$\\Delta$NDCG@10 s100", lambda r: _pm(r["sampled100/ndcg@10/diff"], r["sampled100/ndcg@10/diff_se"])),
+        ("Top-10 ovl.", lambda r: _num(r["top10_overlap"], ".3f")),
+        ("Kendall $\\tau$", lambda r: _num(r["kendall_tau"], ".3f")),
+        *[c for src in sources for c in text_cols(src)],
+        ("Halluc.", lambda r: _num(r[f"{SYSTEM}/hallucination_rate"], ".3f")),
+        ("Tox.", lambda r: _num(r["toxicity_mean"], ".3f")),
+        ("Audit", lambda r: MISSING_TEX if r["audit_verdict"] is None else _tex_escape(r["audit_verdict"])),
+    ]
+
+
+def reference_sources(runs: list[Run]) -> list[str]:
+    """The reference sources the runs' eval.json report (``by_source``), in :data:`SOURCES` order."""
+    found = {s for r in runs if r.eval for s in (r.eval.get("by_source") or {})}
+    return [s for s in SOURCES if s in found]
 
 
 def reference_phrase(runs: list[Run]) -> str:
     """How BLEU/ROUGE references were made, from the reference sources eval.json reports (``by_source``)."""
-    sources = sorted({s for r in runs if r.eval for s in (r.eval.get("by_source") or {})})
-    if sources == ["template"]:
-        return "template references built from item metadata (not human-written text)"
-    if sources:
-        return (f"references of source {', '.join(sources)} (template = built from item metadata, review = "
-                "a sentence of the user's own review; per-source values in eval.json)")
-    return "the dataset's reference explanations (template references where the dataset has no reviews)"
+    sources = reference_sources(runs)
+    parts = []
+    if "template" in sources:
+        parts.append("template references built from item metadata (not human-written text; the warm start "
+                     "is trained on the same templates, so these columns measure template fidelity)")
+    if "review" in sources:
+        parts.append("review references (a sentence of the user's own review)")
+    if not parts:
+        return "the dataset's reference explanations (no run has been evaluated yet)"
+    return " and ".join(parts) + ", each source separately, never pooled"
 
 
 def latex_table(rows: list[dict[str, Any]], runs: list[Run]) -> str:
+    columns = tex_columns(reference_sources(runs))
     caption = (
         "Shielded RecRL runs. Ranking on the test split with the store as deployed after explainer training "
         "against the original ranker: $\\Delta$NDCG@10 full = full ranking over all items with the user's seen "
         "items masked, s100 = the held-out item among 100 sampled unseen negatives; each change $\\pm$ its "
         "paired standard error over users. Top-10 overlap and Kendall $\\tau$ compare each user's top-10 list "
-        f"with the original's. BLEU-4 and ROUGE-L against {reference_phrase(runs)}. Halluc. = share of "
+        f"with the original's. BLEU-4 and ROUGE-L against {reference_phrase(runs)}. $\\Delta$BLEU-4 vs WS = "
+        "trained explainer $-$ warm start on the same users, with its 95\\% paired bootstrap percentile "
+        "interval over users (1000 resamples). Halluc. = share of "
         "explanations naming a catalogue title that is neither the recommended item nor in the user's history. "
         "Simulated CTR = the "
         "user simulator's expected click probability $\\sigma(\\alpha z + \\beta q + \\zeta_u)$; lift in "
         "percentage points over the warm-start explainer. Tox. = mean toxicity probability from the safety "
         f"audit; Audit = its overall verdict. {MISSING_TEX} = not available (see the CSV's status column).")
-    n = len(TEX_COLUMNS)
+    n = len(columns)
     lines = ["\\begin{table}[t]", "\\centering", "\\scriptsize", "\\setlength{\\tabcolsep}{3pt}",
              f"\\caption{{{caption}}}", "\\label{tab:recrl-results}",
              "\\begin{tabular}{ll" + "r" * (n - 2) + "}", "\\toprule",
-             " & ".join(h for h, _ in TEX_COLUMNS) + " \\\\", "\\midrule"]
+             " & ".join(h for h, _ in columns) + " \\\\", "\\midrule"]
     datasets = list(dict.fromkeys(r["dataset"] for r in rows))
     for i, d in enumerate(datasets):
         if i:
             lines.append("\\midrule")
         lines.append(f"\\multicolumn{{{n}}}{{l}}{{\\textit{{{_tex_escape(d)}}}}} \\\\")
-        lines += [" & ".join(fn(r) for _, fn in TEX_COLUMNS) + " \\\\" for r in rows if r["dataset"] == d]
+        lines += [" & ".join(fn(r) for _, fn in columns) + " \\\\" for r in rows if r["dataset"] == d]
     lines += ["\\bottomrule", "\\end{tabular}", "\\end{table}"]
     return "\n".join(lines) + "\n"
 
 
 # ---------------------------------------------------------------- figures
+def _series_se(rows: list[dict], key: str, se_key: str) -> list[tuple[float, float, float | None]]:
+    return [(r["step"], r[key], r.get(se_key)) for r in rows if r.get(key) is not None]
+
+
+def _drift_series(rows: list[dict]) -> list[tuple[float, float, float | None]]:
+    """ΔNDCG@10 (run's store − original, the live monitor's validation drift) with its paired SE."""
+    return [(r["step"], r["monitor/val_ndcg@10"] - r["monitor/val_ndcg@10_orig"], r.get("monitor/ndcg_diff_se"))
+            for r in rows if r.get("monitor/val_ndcg@10") is not None and r.get("monitor/val_ndcg@10_orig") is not None]
+
+
+def panel_size(dataset: str, tag: str) -> int | None:
+    """The run's ``panel_users`` from its latest checkpoint's ``config.json``
+    (``checkpoints/recrl/<D>/<tag>/``); None when there is no checkpoint to read it from."""
+    try:
+        folder = run_folder.latest(dataset, tag)
+        config = json.loads((folder / run_folder.CONFIG).read_text()) if folder is not None else {}
+    except (OSError, json.JSONDecodeError, InputError):
+        return None
+    n = config.get("panel_users") if isinstance(config, dict) else None
+    return int(n) if n else None
+
+
 def make_figures(dataset: str, runs: dict[str, Run], rows: list[dict], out_dir: Path) -> tuple[list[Path], list[str]]:
     """All figures of one dataset; returns the files written and a note per figure skipped (no data)."""
     written, skipped = [], []
     curves = {tag: r.metrics for tag, r in runs.items() if r.metrics}
     colors = figures.tag_colors(list(runs))
 
-    def series(key: str) -> dict:
-        return {tag: s for tag, rows_ in curves.items() if (s := _series(rows_, key))}
+    def series(fn) -> dict:
+        return {tag: s for tag, rows_ in curves.items() if (s := fn(rows_))}
 
-    reward, ctr, kl, ndcg = series("env/reward"), series("env/ctr"), series("objective/kl"), \
-        series("monitor/val_ndcg@10")
-    if reward or ctr:
-        written += figures.plot_reward_ctr(dataset, reward, ctr, colors, out_dir / f"{dataset}_reward_ctr")
+    dq = series(lambda rs: _series_se(rs, "panel/dq", "panel/dq_se"))
+    dctr = series(lambda rs: _series_se(rs, "panel/dctr_pp", "panel/dctr_pp_se"))
+    kl = series(lambda rs: _series(rs, "objective/kl"))
+    drift = series(_drift_series)
+    if dq or dctr:
+        without = sorted(set(curves) - set(dq) - set(dctr))
+        n_panel = {tag: panel_size(dataset, tag) for tag in {*dq, *dctr}}
+        written += figures.plot_panel(dataset, dq, dctr, n_panel, colors, out_dir / f"{dataset}_panel", without)
     else:
-        skipped.append(f"{dataset}_reward_ctr: no env/reward or env/ctr rows")
+        skipped.append(f"{dataset}_panel: no panel/* rows in any run's metrics.jsonl (train with --panel_users N; "
+                       "the per-step training reward of freshly drawn users is not plotted)")
     if kl:
         written += figures.plot_kl(dataset, kl, colors, out_dir / f"{dataset}_kl")
     else:
         skipped.append(f"{dataset}_kl: no objective/kl rows")
-    if ndcg:
-        orig = {tag: v for tag in ndcg if (v := _last(curves[tag], "monitor/val_ndcg@10_orig")) is not None}
-        written += figures.plot_val_ndcg(dataset, ndcg, orig, colors, out_dir / f"{dataset}_val_ndcg")
+    if drift:
+        without_se = sorted(t for t, pts in drift.items() if all(p[2] is None for p in pts))
+        written += figures.plot_drift(dataset, drift, colors, out_dir / f"{dataset}_val_ndcg", without_se)
     else:
         skipped.append(f"{dataset}_val_ndcg: no monitor/val_ndcg@10 rows")
 
     # τ trade-off: test ΔNDCG@10 (eval.json, ± paired SE) when every τ run has it, else the live monitor's
-    # validation drift for all of them, so one figure never mixes two protocols.
+    # validation drift for all of them, so one figure never mixes two protocols; the outcome likewise: the
+    # last panel Δq / ΔCTR when every τ run has a panel, else the last step's training reward / CTR.
     tau_rows = [(float(m.group(1)), r) for r in rows if r["dataset"] == dataset and r["status"] != "missing"
                 and (m := TAU_TAG.match(r["tag"]))]
     if tau_rows:
@@ -333,10 +432,19 @@ def make_figures(dataset: str, runs: dict[str, Run], rows: list[dict], out_dir: 
         else:
             xkey, sekey = "val_ndcg_drift", None
             x_label = "ΔNDCG@10, validation monitor (full ranking, seen masked; last − original)"
+        if all(r["panel_dq_last"] is not None for _, r in tau_rows):
+            proto = figures.panel_protocol({r["tag"]: panel_size(dataset, r["tag"]) for _, r in tau_rows})
+            ys = (("panel_dq_last", "panel_dq_se_last", f"Δq at the last panel step\n({proto})"),
+                  ("panel_dctr_pp_last", "panel_dctr_pp_se_last", f"ΔCTR (pp) at the last panel step\n({proto})"))
+        else:
+            ys = (("reward_last", None, "reward at the last PPO step\n(training batch of freshly drawn users)"),
+                  ("ctr_last", None, "simulated CTR at the last PPO step\n(training batch of freshly drawn users)"))
         points = [{"tau": tau, "dndcg": r[xkey], "dndcg_se": r[sekey] if sekey else None,
-                   "reward": r["reward_last"], "ctr": r["ctr_last"]} for tau, r in tau_rows if r[xkey] is not None]
+                   **{k: r[k] for k, _, _ in ys}, **{f"{k}_se": r[se] if se else None for k, se, _ in ys}}
+                  for tau, r in tau_rows if r[xkey] is not None]
         if points:
-            written += figures.plot_tau_tradeoff(dataset, points, x_label, out_dir / f"{dataset}_tau_tradeoff")
+            written += figures.plot_tau_tradeoff(dataset, points, x_label, out_dir / f"{dataset}_tau_tradeoff",
+                                                 tuple((k, label) for k, _, label in ys))
         else:
             skipped.append(f"{dataset}_tau_tradeoff: no τ run has a ranking change yet")
     return written, skipped

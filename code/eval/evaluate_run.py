@@ -19,6 +19,7 @@ and the four systems. Baseline systems' texts are cached per dataset under
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -36,7 +37,7 @@ from shielded_recrl.common.paths import logs_dir
 from shielded_recrl.dataset.processed import load_processed
 from shielded_recrl.eval import explanations as X
 from shielded_recrl.eval import text_metrics
-from shielded_recrl.eval.compare import compare_systems
+from shielded_recrl.eval.compare import compare_systems, compare_text
 from shielded_recrl.eval.ranking_drift import drift_report, paired_diff
 from shielded_recrl.explainer.policy import Example
 from shielded_recrl.ranker.checkpoint import checkpoint_sha256, load_ranker
@@ -52,7 +53,18 @@ PROTOCOL = {
                "among 100 sampled unseen negatives (seed 0). diff = run − orig per user; diff_se = paired "
                "standard error over all users.",
     "explanations": "n_users seeded test users; each explains the held-out test item from the train+valid "
-                    "history; text metrics against that pair's test reference (reported per reference source).",
+                    "history. Reference-based metrics (bleu1/4, rouge1/2/L, embed_sim) against that pair's test "
+                    "reference, only per reference source (by_source), never pooled: on template references "
+                    "(built from item metadata, the templates the warm start is trained on) they measure template "
+                    "fidelity, not agreement with human text. systems[...] holds the reference-free metrics "
+                    "(code/eval/text_metrics.py: usr, Li et al.'s distinct-n, genre_mention/precision/recall, "
+                    "rates, mean_len) plus ctr, q, toxicity_mean.",
+    "text_vs_warm_start": "text_vs_warm_start[source][system][metric] (every resampled text metric, that "
+                          "source's users) and text_vs_warm_start_all[system][metric] (distinct-n and genre "
+                          "metrics, all test users): system − warm start on the same (user, test item) pairs; "
+                          "diff on the full sample, lo/hi the 2.5/97.5 percentiles of 1000 paired bootstrap "
+                          "resamples of the users (seed 0; the same users for both systems), n users, n_boot "
+                          "resamples where the metric was defined (code/eval/compare.py).",
     "vs_warm_start": "per system, system − warm start on the same users' slate items (the slate set): mean "
                      "difference, paired standard error, 95% t interval and two-sided paired t-test p-value "
                      "(code/eval/compare.py). ctr, q: the simulator's; faith1/faith_graded: faithfulness@1 and the "
@@ -65,7 +77,8 @@ PROTOCOL = {
            "ctr_lift_pp = 100 × (system − warm_start).",
 }
 # the run's settings that the baseline systems' texts depend on (their cache key)
-CHECKPOINT_KEYS = ("max_seq_len_explainer", "explanation_max_len", "slate_size", "z_over", "temperature", "top_p")
+CHECKPOINT_KEYS = ("max_seq_len_explainer", "explanation_max_len", "slate_size", "z_over", "temperature", "top_p",
+                   "w_faithfulness")  # the last: q (and so CTR) of every system depends on it
 
 
 @dataclasses.dataclass
@@ -191,19 +204,27 @@ def indicators(qual, quality, ranker, examples: list[Example], texts: list[str],
             "judge_item": item_relevance(judge, texts, [item_text[e.item_id] for e in examples])}
 
 
-def summarise(recs: list[dict], items, encoder, titles) -> tuple[dict, dict]:
-    """Per system: text metrics on the test-item set + CTR/q/toxicity on the slate set; and by source."""
+def summarise(recs: list[dict], items, encoder, titles) -> dict:
+    """eval.json's text sections. ``systems``: per system, the reference-free text metrics on the test-item
+    set + CTR/q on the slate set + toxicity on both; ``by_source``: every text metric per reference source
+    and system (reference-based ones — BLEU, ROUGE, embed_sim — only here: never pooled over sources);
+    ``text_vs_warm_start[source][system][metric]`` and ``text_vs_warm_start_all[system][metric]`` (the
+    reference-free ones over all test users): ``{diff, lo, hi, n, n_boot}``, system − warm start with a
+    paired bootstrap 95% percentile interval over users (code/eval/compare.py, seed 0)."""
+    encoder = text_metrics.CachedEncoder(encoder)  # every text is encoded once, whichever metric asks
     systems, by_source = {}, {}
     for system in dict.fromkeys(r["system"] for r in recs):
         test = [r for r in recs if r["system"] == system and r["set"] == "test_item"]
         slate = [r for r in recs if r["system"] == system and r["set"] == "slate"]
-        m = text_metrics.explanation_metrics(test, items, encoder, titles)
+        m = text_metrics.reference_free_metrics(test, items, titles)
         m.update(ctr=float(np.mean([r["ctr"] for r in slate])), q=float(np.mean([r["q"] for r in slate])),
                  toxicity_mean=float(np.mean([r["toxicity"] for r in test + slate])))
         systems[system] = m
         for source, sm in text_metrics.by_source(test, items, encoder, titles).items():
             by_source.setdefault(source, {})[system] = sm
-    return systems, by_source
+    per_source, pooled = compare_text(recs, items, encoder, titles, baseline="warm_start")
+    return {"systems": systems, "by_source": by_source, "text_vs_warm_start": per_source,
+            "text_vs_warm_start_all": pooled}
 
 
 def run(cfg: EvalConfig, force: bool = False) -> dict:
@@ -234,17 +255,19 @@ def run(cfg: EvalConfig, force: bool = False) -> dict:
 
     # explanations: users, slates (original store), systems
     from shielded_recrl.eval.judge import load_judge
-    from shielded_recrl.trainer.quality import QualityScorer, load_encoder
+    from shielded_recrl.ranker.attribution import shown_attribution
+    from shielded_recrl.trainer.quality import QualityConfig, QualityScorer, load_encoder
     from shielded_recrl.trainer.simulator import SimulatorConfig, UserSimulator
 
     histories = data.sequences("valid")
     scores = all_scores(ranker, data, "test")
     scores[:, 0] = 0.0
     encoder = load_encoder()
-    quality = QualityScorer(data.items, encoder)
+    quality = QualityScorer(data.items, encoder, QualityConfig().with_faithfulness(run_cfg.w_faithfulness))
     judge = load_judge(cfg.threads or None)  # the held-out encoder (never in the reward)
     sim = UserSimulator(scores, histories, quality, SimulatorConfig(slate_size=run_cfg.slate_size,
-                                                                    z_over=run_cfg.z_over, seed=cfg.seed))
+                                                                    z_over=run_cfg.z_over, seed=cfg.seed),
+                        reasons=functools.partial(shown_attribution, ranker))  # q as the run was trained on
     users = X.pick_users(data.n_users, cfg.n_users, cfg.seed)
     slates = sim.slate(torch.tensor(users))
     slate_map = {u: [int(i) for i in row] for u, row in zip(users, slates)}
@@ -295,12 +318,13 @@ def run(cfg: EvalConfig, force: bool = False) -> dict:
             with atomic.atomic_path(cache) as tmp:
                 tmp.write_text("".join(json.dumps(r) + "\n" for r in cached))
 
-    metrics, by_source = summarise(recs, data.items, encoder, quality.titles)
+    text = summarise(recs, data.items, encoder, quality.titles)
+    metrics = text["systems"]
     lift = {s: 100.0 * (m["ctr"] - metrics["warm_start"]["ctr"]) for s, m in metrics.items()} \
         if "warm_start" in metrics else {}
     result = {"dataset": cfg.dataset, "tag": cfg.tag, "mode": ckpt.mode, "step": step,
               "checkpoint": str(folder), "n_users": len(users), "protocol": PROTOCOL, "decoding": dataclasses.asdict(dec),
-              "ranking": ranking, "systems": metrics, "by_source": by_source, "ctr_lift_pp": lift,
+              "ranking": ranking, **text, "ctr_lift_pp": lift,
               "vs_warm_start": compare_systems(recs, "warm_start")}
     with atomic.atomic_path(out_dir / "explanations.jsonl") as tmp:
         tmp.write_text("".join(json.dumps(r) + "\n" for r in recs))
