@@ -1,7 +1,7 @@
 """Cost of one Shielded PPO step, phase by phase (issue 13; DESIGN.md §8), and TRL's GRPOTrainer beside it.
 
     python scripts/bench_ppo.py [--config experiments/recrl_default.yaml] [--steps 4] [--warmup 1] \
-        [--threads 2] [--vs_trl] [--trl_steps 4] [--out experiments/bench/ppo.json] [-- --any_ppo_flag value]
+        [--threads 2] [--unshared] [--vs_trl] [--trl_steps 4] [--out experiments/bench/ppo.json] [-- --any_ppo_flag value]
 
 Needs the smoke pipeline's checkpoints (ranker, basis, warm start: ``bash scripts/run_local_smoke.sh``).
 Runs ``--warmup + --steps`` PPO iterations of the shielded trainer (``run_recrl_cli.build``, the same
@@ -9,15 +9,18 @@ objects as a real run, logging off, nothing written under checkpoints/ or logs/)
 the median wall time over the timed steps: prompt building (bridge + embeddings), generation, the policy
 (old log-prob) pass, the reference (warm start) pass — absent when ``kl_beta`` = 0 —, the reward
 (simulator: q, CTR), the update's forward/backward passes, the optimizer step and the shield; then
-rollouts per second = ``ppo_batch`` / step time. Flags after ``--`` go to the PPO config (e.g.
-``-- --kl_beta 0``).
+rollouts per second = ``ppo_batch`` / step time. ``--unshared`` repeats the steps with one prompt pass per
+row (``--no-share_prompts``: the loop before group-shared prompt encoding) for the speed-up at equal model,
+lengths and draws. Flags after ``--`` go to the PPO config (e.g. ``-- --kl_beta 0``).
 
 ``--vs_trl`` (needs ``pip install trl``; TRL is the seed's reference implementation) runs TRL's
 ``GRPOTrainer`` on the same base model with a fresh LoRA of the same rank, the same prompts as text
 (no soft tokens: TRL cannot feed the bridge's embeddings, nor apply the shield after each step, which
 is why the project's loop is hand-written), the same reward (q from the same simulator), group size,
 generation length, temperature and learning rate, and prints its rollouts per second and mean reward
-over ``--trl_steps`` steps next to ours. It needs no network (a local model folder).
+over ``--trl_steps`` steps next to ours. It needs no network (a local model folder). The rewards are not
+comparable as a learning result: ours starts from the warm start with soft tokens, TRL from the base model
+(the warm start's adapters were trained with the bridge, so a text prompt would be off their distribution).
 
 Timings depend on what else runs on the machine: the JSON records the thread count and the load average.
 """
@@ -55,6 +58,9 @@ def parse(argv=None) -> tuple[argparse.Namespace, list[str]]:
     ap.add_argument("--steps", type=int, default=4, help="timed PPO steps")
     ap.add_argument("--warmup", type=int, default=1, help="untimed first steps")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    ap.add_argument("--unshared", action="store_true",
+                    help="also run the same steps with --no-share_prompts (one prompt pass per row: the loop before "
+                         "group-shared prompt encoding) and print the speed-up")
     ap.add_argument("--vs_trl", action="store_true", help="also run TRL's GRPOTrainer on the same task")
     ap.add_argument("--trl_steps", type=int, default=4, help="GRPOTrainer steps with --vs_trl")
     ap.add_argument("--out", default="", help="JSON output (default experiments/bench/ppo.json)")
@@ -139,6 +145,7 @@ def bench_trl(cfg, steps: int) -> dict:
         return [float(q) for q in qual.q]
 
     args = trl.GRPOConfig(output_dir=str(experiments_dir() / "bench" / "trl_tmp"), per_device_train_batch_size=cfg.ppo_batch,
+                          gradient_checkpointing=False,  # as ours: activations kept
                           num_generations=cfg.group_size, max_completion_length=cfg.max_new_tokens,
                           temperature=cfg.temperature, top_p=cfg.top_p, learning_rate=cfg.lr, beta=cfg.kl_beta,
                           max_steps=steps + 1, logging_steps=1, report_to=[], save_strategy="no", use_cpu=True,
@@ -170,13 +177,20 @@ def main(argv=None) -> dict:
     print(f"[bench_ppo] torch {torch.__version__}, {args.threads or torch.get_num_threads()} threads, load "
           f"{os.getloadavg()[0]:.2f}; {cfg.ppo_batch} rollouts/step = {cfg.ppo_batch // cfg.group_size} prompts × "
           f"G {cfg.group_size}, ≤ {cfg.max_new_tokens} new tokens, kl_beta {cfg.kl_beta}", flush=True)
-    ours = bench_ours(cfg, args.steps, args.warmup)
-    out = {"config": to_dict(cfg), "threads": args.threads or torch.get_num_threads(),
-           "loadavg_1m_end": None, "ours": ours}
-    print(f"\n{'phase':36s} {'median s':>9s} {'share':>6s}")
-    for p, v in ours["phases_s"].items():
-        print(f"{PHASE_NAMES[p]:36s} {v:9.2f} {100 * v / ours['step_s']:5.1f}%")
-    print(f"{'step':36s} {ours['step_s']:9.2f}\nrollouts/s (ours): {ours['rollouts_per_s']:.3f}")
+    runs = {"ours": cfg} | ({"ours_unshared": dataclasses.replace(cfg, share_prompts=False)} if args.unshared else {})
+    out = {"config": to_dict(cfg), "threads": args.threads or torch.get_num_threads(), "loadavg_1m_end": None}
+    for name, c in runs.items():
+        print(f"[bench_ppo] {name}: share_prompts={c.share_prompts}", flush=True)
+        out[name] = bench_ours(c, args.steps, args.warmup)
+    print(f"\n{'phase (median s)':36s}" + "".join(f"{n:>15s}" for n in runs))
+    for p in out["ours"]["phases_s"]:
+        print(f"{PHASE_NAMES[p]:36s}" + "".join(f"{out[n]['phases_s'][p]:15.2f}" for n in runs))
+    print(f"{'step':36s}" + "".join(f"{out[n]['step_s']:15.2f}" for n in runs))
+    print(f"{'rollouts/s':36s}" + "".join(f"{out[n]['rollouts_per_s']:15.3f}" for n in runs))
+    if args.unshared:
+        out["speedup"] = out["ours"]["rollouts_per_s"] / out["ours_unshared"]["rollouts_per_s"]
+        print(f"speed-up of group-shared prompt encoding: {out['speedup']:.2f}×")
+    ours = out["ours"]
     if args.vs_trl:
         out["trl"] = bench_trl(cfg, args.trl_steps)
         print(f"rollouts/s (TRL GRPOTrainer {out['trl']['trl']}, text prompt, fresh LoRA): "

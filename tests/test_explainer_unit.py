@@ -491,3 +491,45 @@ def test_ranker_reason_template_claims_only_shared_genres():
     assert ranker_reason_explanation(item, {"title": "Babe", "genres": "Comedy"}, "movie") == \
         "Because you enjoyed Babe, you may like Fargo (1996), a crime, drama movie."
     assert ranker_reason_explanation(item, None, "movie") == "Fargo (1996) is a crime, drama movie you may enjoy."
+
+
+def test_group_shared_prompt_encoding_is_the_same_function():
+    """G samples of one prompt from one prompt encoding (a shared KV cache): the same greedy and seeded
+    sampled responses, the same log-probs, and the gradient of the whole group on the prompt's one copy."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from shielded_recrl.explainer.generation import generate, sequence_logprobs
+
+    class Tok:
+        eos_token_id, pad_token_id = 2, 0
+
+        @staticmethod
+        def decode(ids, skip_special_tokens=True):
+            return " ".join(map(str, ids))
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2)).eval()
+    n, G, P = 3, 4, 7
+    embeds = (torch.randn(n, P, 32) * 0.5).repeat_interleave(G, 0)
+    mask = torch.ones(n, P, dtype=torch.long)
+    mask[0, :3] = 0  # left padding
+    mask = mask.repeat_interleave(G, 0)
+    with torch.no_grad():
+        full = generate(model, Tok, embeds, mask, max_new_tokens=5, do_sample=False)
+        shared = generate(model, Tok, embeds, mask, max_new_tokens=5, do_sample=False, group_size=G)
+    assert torch.equal(full.response_ids, shared.response_ids)
+    assert torch.allclose(full.logprobs, shared.logprobs, atol=1e-5)
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        a = generate(model, Tok, embeds, mask, max_new_tokens=5, score=False)
+        torch.manual_seed(seed)
+        b = generate(model, Tok, embeds, mask, max_new_tokens=5, score=False, group_size=G)
+        assert torch.equal(a.response_ids, b.response_ids)
+    x = embeds.clone().requires_grad_(True)
+    sequence_logprobs(model, x, mask, a.response_ids, a.response_mask, group_size=G).sum().backward()
+    g_shared, x.grad = x.grad.clone(), None
+    sequence_logprobs(model, x, mask, a.response_ids, a.response_mask).sum().backward()
+    assert torch.allclose(g_shared[::G], x.grad.view(n, G, P, 32).sum(1), atol=1e-5)
+    with pytest.raises(ValueError, match="multiple of group size"):
+        sequence_logprobs(model, embeds[:5], mask[:5], a.response_ids[:5], a.response_mask[:5], group_size=G)

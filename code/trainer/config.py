@@ -54,6 +54,10 @@ class PPOSettings:
     temperature: float = F(default=1.0, metadata={"help": "sampling temperature (the policy's, for log-probs too)"})
     top_p: float = F(default=1.0, metadata={"help": "nucleus sampling mass"})
     value_hidden: int = F(default=256, metadata={"help": "hidden width of the value head"})
+    share_prompts: bool = F(default=True, metadata={
+        "help": "encode each group's prompt once, its KV cache shared by the group's G samples, in generation "
+                "and in the policy, reference and update passes (rloo/grpo; update micro-batches of whole groups "
+                "when micro_batch_size is a multiple of group_size); off: one prompt pass per row (benchmarks)"})
 
     def __post_init__(self):
         for name, allowed in (("kl_kind", KL_KINDS), ("advantage", ADVANTAGES), ("reward", REWARDS)):

@@ -199,12 +199,22 @@ class PPOTrainer:
                 for p, s in zip(params, saved):
                     p.copy_(s)
 
-    def forward(self, examples, prompts, ids, mask) -> tuple[torch.Tensor, torch.Tensor]:
-        """(log-probs (B, T), values (B, T)) of the given responses under the current policy."""
+    @property
+    def shares_prompts(self) -> bool:
+        """Whether the passes encode each group's prompt once (:func:`~..explainer.generation.prompt_cache`):
+        with G > 1 and a group advantage (no critic, which would read every row's prompt states)."""
+        return self.s.share_prompts and self.s.group_size > 1 and self.s.advantage != "gae"
+
+    def forward(self, examples, prompts, ids, mask, group_size: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log-probs (B, T), values (B, T)) of the given responses under the current policy. ``group_size`` G
+        > 1: the rows are whole groups of G copies of a prompt, each prompt encoded once (values are then 0:
+        only group advantages share prompts, and they need no critic)."""
         prep = self.x.prepare(examples, prompts)
         embeds = self.x.embed(prep)
         logp = sequence_logprobs(self.x.model, embeds, prep.prompts.mask, ids.to(embeds.device),
-                                 mask.to(embeds.device), temperature=self.s.temperature)
+                                 mask.to(embeds.device), temperature=self.s.temperature, group_size=group_size)
+        if group_size > 1:
+            return logp, torch.zeros_like(logp)
         T, Pn = ids.shape[1], embeds.shape[1]
         h = self._hidden[:, Pn - 1:Pn - 1 + T].detach()  # the state before each response token
         values = self.value_head(h) * mask.to(h.device).float()
@@ -231,13 +241,15 @@ class PPOTrainer:
                 prompts = [q for q in prompts for _ in range(G)]
             with self._timed("generate"):
                 out = generate(self.x.model, self.x.tok, embeds, pmask, max_new_tokens=s.max_new_tokens,
-                               temperature=s.temperature, top_p=s.top_p, score=False)
+                               temperature=s.temperature, top_p=s.top_p, score=False,
+                               group_size=G if s.share_prompts else 1)
             ids, mask = out.response_ids.cpu(), out.response_mask.cpu()
+            g = G if self.shares_prompts else 1
             with self._timed("policy_pass"):
-                old_logp, values = self.forward(examples, prompts, ids, mask)
+                old_logp, values = self.forward(examples, prompts, ids, mask, g)
             if s.kl_beta != 0:
                 with self._timed("reference_pass"), self.reference_weights():
-                    ref_logp, _ = self.forward(examples, prompts, ids, mask)
+                    ref_logp, _ = self.forward(examples, prompts, ids, mask, g)
             else:  # no KL term: the reference pass would only feed a logged diagnostic
                 ref_logp = old_logp
             shown = [shown_history(e.history, q.n_history) for e, q in zip(examples, prompts)]
@@ -288,8 +300,15 @@ class PPOTrainer:
         B = len(b.examples)
         mb = s.micro_batch_size * s.grad_accum
         stats = {k: [] for k in ("pg_loss", "vf_loss", "clip_frac", "approx_kl", "vf_clip_frac", "grad_norm")}
+        G = s.group_size
+        g = G if self.shares_prompts and s.micro_batch_size % G == 0 else 1  # micro-batches of whole groups
         for _ in range(s.epochs):
             order = torch.randperm(B, generator=generator)
+            if g > 1:  # whole groups, in the order their first row drew (the same random draws either way)
+                first = torch.empty(B, dtype=torch.long)
+                first[order] = torch.arange(B)
+                groups = first.view(B // G, G).min(1).values.argsort()
+                order = (groups[:, None] * G + torch.arange(G)).flatten()
             for start in range(0, B, mb):
                 idx = order[start:start + mb]
                 self.opt.zero_grad(set_to_none=True)
@@ -300,7 +319,7 @@ class PPOTrainer:
                     T = int(b.response_mask[j].sum(1).max())  # trim the micro-batch's common padding
                     ids, mask = b.response_ids[j, :T], b.response_mask[j, :T]
                     t_fwd = time.perf_counter()
-                    logp, v = self.forward([b.examples[i] for i in j], [b.prompts[i] for i in j], ids, mask)
+                    logp, v = self.forward([b.examples[i] for i in j], [b.prompts[i] for i in j], ids, mask, g)
                     dev = logp.device
                     m = mask.to(dev)
                     pl = P.clipped_policy_loss(logp, b.old_logp[j, :T].to(dev), b.advantages[j, :T].to(dev), m,
