@@ -357,3 +357,30 @@ def test_shown_attribution_checks_the_prompt_showed_the_history_tail():
     assert attr.items.tolist() == [[2, 4], [0, 0]] and attr.valid.tolist() == [[True, True], [False, False]]
     with pytest.raises(ValueError, match="not the last 2 history items"):
         shown_attribution(model, [np.array([1, 2, 4])], [5], [[1, 2]])
+
+
+def test_title_automaton_finds_exactly_what_the_regex_finds(ml100k_processed):
+    """The Aho–Corasick path (issue 15: linear in the text, whatever the catalogue size) against the regex
+    alternation it replaces, on every test reference and on mixtures of titles in other cases, at sentence
+    starts, inside words and next to punctuation."""
+    pytest.importorskip("ahocorasick")
+    import random
+
+    ti = TitleIndex(ml100k_processed.items)
+    assert ti.automaton is not None
+    titles = ml100k_processed.items["title"].astype(str).tolist()
+    rng = random.Random(0)
+    texts = ml100k_processed.references["text"].astype(str).tolist()[:1500]
+    for _ in range(1500):
+        t, u = rng.choice(titles), rng.choice(titles)
+        texts.append(rng.choice(["", "Because you enjoyed ", "I think ", "x"])
+                     + rng.choice([t, t.lower(), t.upper(), t + "s", "_" + t]) + rng.choice([". ", ", and ", " ", "-"])
+                     + rng.choice([u, u.lower(), u.split(" (")[0]]) + rng.choice([".", "!", "", "'s"]))
+    texts += ["Because you enjoyed toy story and Fargo, try GoldenEyes.", "Fargo is great. You are bound to like it."]
+    auto = ti.automaton
+    for text in texts:
+        fast = ti.named_spans(text)
+        ti.automaton = None
+        slow = ti.named_spans(text)
+        ti.automaton = auto
+        assert fast == slow, text

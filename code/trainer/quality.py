@@ -192,6 +192,25 @@ _SENT_START_WORDS = {"because", "you", "if", "since", "this", "the", "a", "an", 
                      "like", "fans", "as", "for", "with", "and", "but", "so", "when", "try", "watch"}
 
 
+_WORD_CHAR = re.compile(r"\w")
+
+
+def _automaton(keys: list[tuple[str, str | None]]):
+    """An Aho–Corasick automaton of the lowercased title keys, in the regex's alternative order → (that
+    rank, the key, the exact case a one-word title must have or None); None without ``pyahocorasick``."""
+    try:
+        import ahocorasick
+    except ImportError:
+        return None
+    if not keys:
+        return None
+    auto = ahocorasick.Automaton()
+    for rank, (key, case) in enumerate(keys):
+        auto.add_word(key, (rank, key, case))
+    auto.make_automaton()
+    return auto
+
+
 class TitleIndex:
     """Finds catalogue titles named in a text.
 
@@ -211,21 +230,54 @@ class TitleIndex:
         for key in self.ids_of:
             (multi if len(key.split()) >= 2 else single).append(key)
         self._single_case = {t.lower(): t for t in items["title"].astype(str) if len(t.split()) == 1}
-        alts = [rf"(?i:{re.escape(t)})" for t in multi] + [re.escape(self._single_case[t]) for t in single
-                                                           if t in self._single_case]
-        alts.sort(key=len, reverse=True)  # the longest alternative first → the longest title wins
-        self.pattern = re.compile(r"(?<![\w])(?:" + "|".join(alts) + r")(?![\w])") if alts else None
+        alts = [(rf"(?i:{re.escape(t)})", t, None) for t in multi] + \
+            [(re.escape(self._single_case[t]), t, self._single_case[t]) for t in single if t in self._single_case]
+        alts.sort(key=lambda a: len(a[0]), reverse=True)  # the longest alternative first → the longest title wins
+        self.pattern = re.compile(r"(?<![\w])(?:" + "|".join(a[0] for a in alts) + r")(?![\w])") if alts else None
+        self.automaton = _automaton([(key, case) for _, key, case in alts])
 
     def named_spans(self, text: str) -> list[tuple[int, int, set[int]]]:
         """(start, end, item ids) of every catalogue title named in ``text``, in order (a one-word title
-        does not count as a sentence's first word)."""
+        does not count as a sentence's first word).
+
+        With ``pyahocorasick`` installed the titles are found by one Aho–Corasick pass over the lowercased
+        text (time linear in the text, whatever the catalogue size: the regex alternation scales with the
+        number of titles, ~0.3 s per text at Books' 0.7M), then filtered and chosen exactly as the regex
+        :attr:`pattern` would (word boundaries, one-word titles in their catalogue case, leftmost match,
+        the regex's alternative order at a position); without it, or for a text whose lowercase form has
+        another length (a few Unicode letters), the regex itself."""
+        lower = text.lower()
+        if self.automaton is not None and len(lower) == len(text):
+            matches = self._automaton_matches(text, lower)
+        elif self.pattern is not None:
+            matches = ((m.start(), m.end(), m.group(0).lower()) for m in self.pattern.finditer(text))
+        else:
+            matches = ()
         out = []
-        if self.pattern is not None:
-            for m in self.pattern.finditer(text):
-                key = m.group(0).lower()
-                if len(key.split()) == 1 and _SENT_START.search(text[:m.start()]):
-                    continue
-                out.append((m.start(), m.end(), self.ids_of[key]))
+        for a, b, key in matches:
+            if len(key.split()) == 1 and _SENT_START.search(text[:a]):
+                continue
+            out.append((a, b, self.ids_of[key]))
+        return out
+
+    def _automaton_matches(self, text: str, lower: str) -> list[tuple[int, int, str]]:
+        """What ``pattern.finditer`` matches, from the automaton: per start, the first alternative in the
+        regex's order that matches there with word boundaries (and, for one-word titles, exact case); then
+        leftmost, non-overlapping."""
+        best: dict[int, tuple[int, int, str]] = {}  # start → (alternative rank, end, key)
+        for end_incl, (rank, key, case) in self.automaton.iter(lower):
+            a, b = end_incl + 1 - len(key), end_incl + 1
+            if (a > 0 and _WORD_CHAR.match(text[a - 1])) or (b < len(text) and _WORD_CHAR.match(text[b])):
+                continue
+            if case is not None and text[a:b] != case:
+                continue
+            if a not in best or rank < best[a][0]:
+                best[a] = (rank, b, key)
+        out, last = [], 0
+        for a in sorted(best):
+            if a >= last:
+                out.append((a, best[a][1], best[a][2]))
+                last = best[a][1]
         return out
 
     def find(self, text: str, found: list[tuple[int, int, set[int]]] | None = None
