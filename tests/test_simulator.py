@@ -242,14 +242,14 @@ def test_slate_excludes_seen_items_and_padding(sim_scorer):
     slate = sim.slate(torch.tensor([1, 2, 3, 4]))
     for u, row in enumerate(slate.tolist()):
         assert 0 not in row and not set(row) & set(sim.histories[u].tolist())
-        z = sim.z[u]
-        assert z[row].tolist() == sorted(z[row].tolist(), reverse=True)  # best first
+        z = sim.z_of([u + 1] * len(row), row)
+        assert z.tolist() == sorted(z.tolist(), reverse=True)  # best first
     z = standardise_scores(torch.randn(3, 10))
     assert torch.allclose(z[:, 1:].mean(1), torch.zeros(3, dtype=z.dtype), atol=1e-12) and (z[:, 0] == 0).all()
     assert torch.allclose(z[:, 1:].std(1), torch.ones(3, dtype=z.dtype))
     by_slate = _sim(sim_scorer, z_over="slate")
     assert torch.equal(by_slate.slate(torch.tensor([1, 2, 3, 4])), slate)  # same slate, other scale
-    zs = by_slate.z.gather(1, slate)
+    zs = by_slate.z_of(torch.arange(1, 5).repeat_interleave(3), slate.reshape(-1)).view(4, 3)
     assert torch.allclose(zs.mean(1), torch.zeros(4, dtype=zs.dtype), atol=1e-12)
     assert torch.allclose(zs.std(1), torch.ones(4, dtype=zs.dtype))
 
@@ -263,7 +263,7 @@ def test_clicks_reproducible_and_in_unit_interval(sim_scorer):
     assert torch.equal(ra, b.reward(users, items, texts, last_ten(b, users))[0]) and torch.equal(ra, p)
     assert ((p > 0) & (p < 1)).all()
     rows = users - 1  # p = σ(α z + β q + ζ) by hand
-    expect = torch.sigmoid(a.z[rows, items] + 0.5 * torch.from_numpy(qual.q) + a.zeta[rows])
+    expect = torch.sigmoid(a.z_of(users, items) + 0.5 * torch.from_numpy(qual.q) + a.zeta[rows])
     assert torch.allclose(p, expect)
     s1, s2 = _sim(sim_scorer, 0, "sampled"), _sim(sim_scorer, 0, "sampled")
     draws1 = torch.stack([s1.reward(users, items, texts, last_ten(s1, users))[0] for _ in range(5)])
@@ -384,3 +384,85 @@ def test_title_automaton_finds_exactly_what_the_regex_finds(ml100k_processed):
         slow = ti.named_spans(text)
         ti.automaton = auto
         assert fast == slow, text
+
+
+# --- the simulator without a users × items matrix (issue 15) ----------------------------------------------
+def _dense_reference(scores, histories, k, z_over):
+    """The dense simulator this replaces: the (U, N+1) z matrix and its top-k unseen items."""
+    seen = torch.zeros(scores.shape, dtype=torch.bool)
+    for u, h in enumerate(histories):
+        seen[u, torch.from_numpy(np.asarray(h, np.int64))] = True
+    seen[:, 0] = True
+    z = standardise_scores(scores)
+    if z_over == "slate":
+        top = z.masked_fill(seen, float("-inf")).topk(k, dim=1).indices
+        z = standardise_scores(scores, torch.zeros_like(seen).scatter_(1, top, True))
+    return z, z.masked_fill(seen, float("-inf")).topk(k, dim=1).indices
+
+
+def _tensors(obj, prefix="sim"):
+    """Every tensor an object holds, one level into its score source."""
+    out = {}
+    for name, v in vars(obj).items():
+        if isinstance(v, torch.Tensor):
+            out[f"{prefix}.{name}"] = v
+        elif name == "scores":
+            out.update(_tensors(v, f"{prefix}.scores"))
+    return out
+
+
+@pytest.mark.parametrize("z_over", ["all", "slate"])
+def test_simulator_from_ranker_equals_the_dense_one(ml100k_processed, z_over):
+    from shielded_recrl.ranker.evaluate import all_scores
+    from shielded_recrl.ranker.model import SASRec, SASRecConfig
+
+    data = ml100k_processed
+    torch.manual_seed(0)
+    model = SASRec(SASRecConfig(n_items=data.n_items)).eval()
+    hist = data.sequences("train")
+    U, N = data.n_users, data.n_items
+    scorer = QualityScorer(data.items, BowEncoder(), toxicity=_toxicity)
+    cfg = SimulatorConfig(z_over=z_over, seed=3)
+    scores = all_scores(model, data, "valid")  # what the stages passed before
+    s = scores[:, 1:].double()  # the dense simulator's standardisation, verbatim (w = 1: every item)
+    w = torch.ones_like(s)
+    mean = (s * w).sum(1, keepdim=True) / w.sum(1, keepdim=True)
+    std = ((((s - mean) ** 2) * w).sum(1, keepdim=True) / (w.sum(1, keepdim=True) - 1).clamp_min(1)).sqrt()
+    assert torch.equal(standardise_scores(scores)[:, 1:], (s - mean) / std.clamp_min(1e-12))
+    ref_z, ref_slates = _dense_reference(scores, hist, cfg.slate_size, z_over)
+    sim = UserSimulator.from_ranker(model, hist, scorer, cfg, batch_users=100)  # 10 batches, the last partial
+    dense = UserSimulator(scores, hist, scorer, cfg)
+    users = torch.arange(1, U + 1)
+    for s in (sim, dense):
+        assert torch.equal(s.slate(users), ref_slates)  # every user's slate, best first
+        assert torch.equal(s.slate(users, 3), ref_slates[:, :3])
+        flat_u, flat_i = users.repeat_interleave(cfg.slate_size), ref_slates.reshape(-1)
+        torch.testing.assert_close(s.z_of(flat_u, flat_i), ref_z[flat_u - 1, flat_i], atol=1e-6, rtol=0)
+        g = torch.Generator().manual_seed(1)  # any pair: seen items, unseen ones, padding
+        pu, pi = torch.randint(1, U + 1, (3000,), generator=g), torch.randint(0, N + 1, (3000,), generator=g)
+        torch.testing.assert_close(s.z_of(pu, pi), ref_z[pu - 1, pi], atol=1e-6, rtol=0)
+        for u, i in zip(pu[:5].tolist(), pi[:5].tolist()):  # one pair at a time
+            torch.testing.assert_close(s.z_of([u], [i]), ref_z[u - 1, i:i + 1], atol=1e-6, rtol=0)
+        assert torch.equal(s.zeta, dense.zeta) and torch.equal(s.click_generator.get_state(),
+                                                               dense.click_generator.get_state())
+    picked = users[torch.randperm(U, generator=torch.Generator().manual_seed(2))[:40]]
+    items = torch.cat([ref_slates[picked - 1, 0][:20], torch.randint(1, N + 1, (20,))])  # on and off the slate
+    texts = data.items.set_index("item_id").loc[items.tolist(), "text"].tolist()
+    p, qual = sim.click_prob(picked, items, texts, last_ten(sim, picked))
+    p_dense, _ = dense.click_prob(picked, items, texts, last_ten(dense, picked))
+    torch.testing.assert_close(p, p_dense, atol=1e-7, rtol=0)
+    expect = torch.sigmoid(ref_z[picked - 1, items] + 0.5 * torch.from_numpy(qual.q) + sim.zeta[picked - 1])
+    torch.testing.assert_close(p, expect, atol=1e-7, rtol=0)
+
+    held = _tensors(sim)  # O(U·(k + d) + N·d): no users × items tensor
+    assert {"sim.slates", "sim.slate_z", "sim.mean", "sim.scale", "sim.scores.user_states",
+            "sim.scores.item_table"} <= set(held)
+    for name, t in held.items():
+        assert t.numel() <= max(U, N + 1) * max(cfg.slate_size, model.cfg.hidden), (name, tuple(t.shape))
+    assert sim.scores.model is None  # only h and E are kept
+    z0 = sim.z_of(pu[:100], pi[:100])
+    with torch.no_grad():  # the ranker's store co-adapts during PPO: the simulator keeps the one it was built with
+        model.item_emb.weight.mul_(2.0)
+    assert torch.equal(sim.z_of(pu[:100], pi[:100]), z0)
+    with pytest.raises(ValueError, match="slate_size"):
+        sim.slate(users[:2], cfg.slate_size + 1)

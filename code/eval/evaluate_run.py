@@ -41,7 +41,7 @@ from shielded_recrl.eval.compare import compare_systems, compare_text
 from shielded_recrl.eval.ranking_drift import drift_report, paired_diff
 from shielded_recrl.explainer.policy import Example
 from shielded_recrl.ranker.checkpoint import checkpoint_sha256, load_ranker
-from shielded_recrl.ranker.evaluate import all_scores, evaluate
+from shielded_recrl.ranker.evaluate import evaluate
 from shielded_recrl.trainer import run_folder
 from shielded_recrl.trainer.config import RecRLConfig
 
@@ -259,15 +259,13 @@ def run(cfg: EvalConfig, force: bool = False) -> dict:
     from shielded_recrl.trainer.quality import QualityConfig, QualityScorer, load_encoder
     from shielded_recrl.trainer.simulator import SimulatorConfig, UserSimulator
 
-    histories = data.sequences("valid")
-    scores = all_scores(ranker, data, "test")
-    scores[:, 0] = 0.0
+    histories = data.sequences("valid")  # seen items, and the ranker's input (all_scores(ranker, data, "test"))
     encoder = load_encoder()
     quality = QualityScorer(data.items, encoder, QualityConfig().with_faithfulness(run_cfg.w_faithfulness))
     judge = load_judge(cfg.threads or None)  # the held-out encoder (never in the reward)
-    sim = UserSimulator(scores, histories, quality, SimulatorConfig(slate_size=run_cfg.slate_size,
-                                                                    z_over=run_cfg.z_over, seed=cfg.seed),
-                        reasons=functools.partial(shown_attribution, ranker))  # q as the run was trained on
+    sim = UserSimulator.from_ranker(ranker, histories, quality,
+                                    SimulatorConfig(slate_size=run_cfg.slate_size, z_over=run_cfg.z_over, seed=cfg.seed),
+                                    reasons=functools.partial(shown_attribution, ranker))  # q as the run was trained on
     users = X.pick_users(data.n_users, cfg.n_users, cfg.seed)
     slates = sim.slate(torch.tensor(users))
     slate_map = {u: [int(i) for i in row] for u, row in zip(users, slates)}

@@ -13,12 +13,13 @@ Example::
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 
 from . import metrics as M
 from .data import EvalInputs, eval_inputs
+from .data import histories as left_padded
 
 PROTOCOLS = ("full_masked", "full_unmasked", "sampled100")
 
@@ -119,6 +120,27 @@ def all_scores(model, data, split: str, *, item_table: torch.Tensor | None = Non
                 s = s.masked_fill(inputs.seen[rows], float("-inf"))
             parts.append(s)
         return torch.cat(parts)
+    finally:
+        model.train(was_training)
+
+
+@torch.no_grad()
+def score_batches(model, seqs: Sequence, *, item_table: torch.Tensor | None = None,
+                  batch_size: int = 1024) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """``(start, h (B, d), scores (B, N+1))`` for ``batch_size`` histories at a time, on CPU, float32: the
+    user states and the unmasked scores of every item (column 0, padding, untouched) of ``seqs[start:start+B]``
+    (each one's last ``max_len`` items). The rows :func:`all_scores` concatenates (the same arithmetic, on
+    the model's device: ``seqs = data.sequences("train")`` gives ``all_scores(model, data, "valid")``
+    batch by batch), without ever holding U × (N+1) numbers."""
+    device = _model_device(model)
+    table = None if item_table is None else item_table.to(device)
+    was_training = model.training
+    model.eval()
+    try:
+        for i in range(0, len(seqs), batch_size):
+            hist = left_padded(seqs[i:i + batch_size], model.cfg.max_len).to(device)
+            h = model.user_state(hist, table)
+            yield i, h.float().cpu(), model.scores(h, table).float().cpu()
     finally:
         model.train(was_training)
 

@@ -37,7 +37,6 @@ from shielded_recrl.projection.artifacts import load_basis
 from shielded_recrl.projection.shield import Shield, ShieldConfig
 from shielded_recrl.ranker.attribution import shown_attribution
 from shielded_recrl.ranker.checkpoint import checkpoint_sha256, load_ranker
-from shielded_recrl.ranker.evaluate import all_scores
 from shielded_recrl.trainer import run_folder
 from shielded_recrl.trainer.config import RecRLConfig, ppo_settings
 from shielded_recrl.trainer.ppo import PPOTrainer, ValueHead
@@ -241,9 +240,7 @@ def build(cfg: RecRLConfig, reward_fn=None) -> Built:
                                            dtype=dtype, trainable=True)
 
     # the simulator: slates from the original ranker (the explainer explains, it does not re-rank)
-    histories = data.sequences("train")
-    scores = all_scores(ranker, data, "valid")
-    scores[:, 0] = 0.0  # padding column (the simulator never shows it)
+    histories = data.sequences("train")  # seen items, and the ranker's input (all_scores(ranker, data, "valid"))
     if reward_fn is None:
         from shielded_recrl.trainer.quality import QualityConfig, QualityScorer, load_encoder
 
@@ -252,8 +249,8 @@ def build(cfg: RecRLConfig, reward_fn=None) -> Built:
         quality = None
     # the ranker's reasons are read from the original store E0 (the model's own table co-adapts)
     reasons = functools.partial(shown_attribution, ranker, item_table=shield.E0.detach().clone())
-    sim = UserSimulator(scores, histories, quality, SimulatorConfig(slate_size=cfg.slate_size, reward=cfg.sim_reward,
-                                                                    z_over=cfg.z_over, seed=cfg.seed), reasons=reasons)
+    sim = UserSimulator.from_ranker(ranker, histories, quality, SimulatorConfig(
+        slate_size=cfg.slate_size, reward=cfg.sim_reward, z_over=cfg.z_over, seed=cfg.seed), reasons=reasons)
     if cfg.panel_users > 0 and reward_fn is not None:
         raise InputError("--panel_users", "the simulator's reward (the panel scores q and CTR with it)",
                          "a replaced reward function", "Run the panel with the simulator.")

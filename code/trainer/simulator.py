@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -57,57 +57,160 @@ class SimulatorConfig:
             raise ValueError(f"z_over must be 'all' or 'slate'; found {self.z_over!r}")
 
 
-def standardise_scores(scores: torch.Tensor, over: torch.Tensor | None = None) -> torch.Tensor:
-    """(U, N+1) raw ranker scores → per-user z-scores; column 0 (padding) stays 0.
-
-    The mean and standard deviation come from items 1..N, or from the items where the (U, N+1) bool
-    ``over`` is true (e.g. each user's slate).
-    """
+def row_stats(scores: torch.Tensor, over: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, N+1) raw ranker scores → the float64 (B, 1) mean and scale that standardise each row: mean and
+    unbiased standard deviation (n − 1, clamped at 1e-12) over items 1..N, or over the items where the
+    (B, N+1) bool ``over`` is true (e.g. each user's slate). Column 0 (padding) is never counted."""
     s = scores[:, 1:].double()
     if not torch.isfinite(s).all():
         raise ValueError("ranker scores must be finite over items 1..N (pass unmasked scores; the slate "
                          "masks seen items itself)")
-    w = torch.ones_like(s) if over is None else over[:, 1:].double()
-    n = w.sum(1, keepdim=True)
-    mean = (s * w).sum(1, keepdim=True) / n
-    std = ((((s - mean) ** 2) * w).sum(1, keepdim=True) / (n - 1).clamp_min(1)).sqrt()
-    z = (s - mean) / std.clamp_min(1e-12)
+    if over is None:  # the weighted sums below with w = 1, written without a (B, N) float64 of ones
+        n = torch.full((len(s), 1), float(s.shape[1]), dtype=s.dtype)
+        mean = s.sum(1, keepdim=True) / n
+        var = ((s - mean) ** 2).sum(1, keepdim=True) / (n - 1).clamp_min(1)
+    else:
+        w = over[:, 1:].double()
+        n = w.sum(1, keepdim=True)
+        mean = (s * w).sum(1, keepdim=True) / n
+        var = (((s - mean) ** 2) * w).sum(1, keepdim=True) / (n - 1).clamp_min(1)
+    return mean, var.sqrt().clamp_min(1e-12)
+
+
+def standardise_scores(scores: torch.Tensor, over: torch.Tensor | None = None) -> torch.Tensor:
+    """(U, N+1) raw ranker scores → per-user z-scores (float64) with :func:`row_stats`; column 0 (padding)
+    stays 0."""
+    return _standardise(scores, *row_stats(scores, over))
+
+
+def _standardise(scores: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    z = (scores[:, 1:].double() - mean) / scale
     return torch.cat([torch.zeros(len(z), 1, dtype=z.dtype), z], 1)
 
 
-class UserSimulator:
-    """``scores`` (U, N+1): the ranker's unmasked scores of every item for each user's input history
-    (row ``user_id − 1``; e.g. ``all_scores(model, data, "valid")`` scores from the train history);
-    ``histories``: per user the items they have seen (``data.sequences("train")``). ``reasons``: the
-    ranker's leave-one-out attribution ``(histories, items, shown) -> Attribution`` over the shown items
-    (e.g. ``functools.partial(ranker.attribution.shown_attribution, ranker, item_table=E0)``); required
-    when ``quality`` weighs faithfulness to the ranker (``QualityConfig.w_faithfulness > 0``)."""
+class MatrixScores:
+    """A (U, N+1) matrix of ranker scores (row ``user_id − 1``): for tests and small catalogues only; the
+    stages use :class:`RankerScores`, which never holds it."""
 
-    def __init__(self, scores: torch.Tensor, histories: Sequence[np.ndarray], quality: QualityScorer,
-                 cfg: SimulatorConfig | None = None, reasons: Callable | None = None):
+    def __init__(self, scores: torch.Tensor, batch_users: int = 1024):
+        self.matrix = scores.detach().cpu()
+        self.batch_users = batch_users
+
+    def batches(self) -> Iterator[tuple[int, torch.Tensor]]:
+        for i in range(0, len(self.matrix), self.batch_users):
+            yield i, self.matrix[i:i + self.batch_users]
+
+    def pairs(self, rows: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        return self.matrix[rows, items]
+
+
+class RankerScores:
+    """The ranker's scores ``s(u, i) = h_uᵀ e_i`` of every item for each user's history, factored: the
+    user states ``user_states`` (U, d) and a CPU snapshot ``item_table`` (N+1, d) of the store (the
+    model's own table may co-adapt later; the simulator keeps the scores it was built with).
+
+    :meth:`batches` scores ``batch_users`` histories at a time on the model's device
+    (:func:`~shielded_recrl.ranker.evaluate.score_batches`, the rows ``all_scores`` would concatenate) and
+    fills ``user_states``; it runs once, when the simulator is built. :meth:`pairs` scores (user, item)
+    pairs on demand from the users' whole rows ``h_u @ E.T`` in float32, as ``model.scores`` does: on CPU
+    the construction's numbers bit for bit (measured with MKL), else up to float32 rounding (~1e-7
+    relative; e.g. a ranker on a GPU scored the batches). Memory: ``batch_users`` × (N+1) floats."""
+
+    def __init__(self, model, histories: Sequence[np.ndarray], *, item_table: torch.Tensor | None = None,
+                 batch_users: int = 1024):
+        self.model, self.histories, self.batch_users = model, histories, batch_users
+        table = model.item_table if item_table is None else item_table
+        self.item_table = table.detach().float().cpu().clone()
+        self.user_states: torch.Tensor | None = None
+
+    def batches(self) -> Iterator[tuple[int, torch.Tensor]]:
+        from ..ranker.evaluate import score_batches
+
+        hs = []
+        for i, h, s in score_batches(self.model, self.histories, item_table=self.item_table,
+                                     batch_size=self.batch_users):
+            hs.append(h)
+            yield i, s
+        self.user_states = torch.cat(hs)
+        self.model = None  # built: the simulator needs only h and E from here on
+
+    def pairs(self, rows: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        out = torch.empty(len(rows), dtype=torch.float32)
+        for i in range(0, len(rows), self.batch_users):
+            r, it = rows[i:i + self.batch_users], items[i:i + self.batch_users]
+            # the users' whole rows, the product that scored them at construction; at least 8 rows: for a
+            # product of under 4 rows MKL takes a small-matrix kernel that rounds differently (~1e-7 relative)
+            h = self.user_states[torch.cat([r, r[:1].expand(max(0, 8 - len(r)))])]
+            out[i:i + len(r)] = (h @ self.item_table.T)[torch.arange(len(r)), it]
+        return out
+
+
+class UserSimulator:
+    """``scores``: the ranker's unmasked scores of every item for each user's input history (row
+    ``user_id − 1``) — a :class:`RankerScores` (what :meth:`from_ranker` builds; the stages' path) or a
+    (U, N+1) tensor (tests, small catalogues; e.g. ``all_scores(model, data, "valid")`` scores from the
+    train history); ``histories``: per user the items they have seen (``data.sequences("train")``).
+    ``reasons``: the ranker's leave-one-out attribution ``(histories, items, shown) -> Attribution`` over
+    the shown items (e.g. ``functools.partial(ranker.attribution.shown_attribution, ranker, item_table=E0)``);
+    required when ``quality`` weighs faithfulness to the ranker (``QualityConfig.w_faithfulness > 0``).
+
+    State, O(U·(k + d)) whatever the catalogue (docs/simulator.md §1, "Memory"): per user the slate
+    ``slates`` (U, k), its z ``slate_z`` (U, k) float64, the ``mean`` and ``scale`` (U,) float64 that
+    standardise the user's scores, and ζ_u; the z of an item off the slate is computed on demand from the
+    score source (:meth:`z_of`). Built in batches of ``batch_users`` users × N items."""
+
+    def __init__(self, scores: torch.Tensor | RankerScores | MatrixScores, histories: Sequence[np.ndarray],
+                 quality: QualityScorer, cfg: SimulatorConfig | None = None, reasons: Callable | None = None,
+                 batch_users: int = 1024):
         self.cfg = cfg or SimulatorConfig()
         if quality is not None and quality.cfg.w_faithfulness > 0 and reasons is None:
             raise ValueError("q weighs faithfulness to the ranker (w_faithfulness > 0): pass reasons=, the "
                              "ranker's leave-one-out attribution of the shown items")
         self.reasons = reasons
-        if scores.ndim != 2 or len(scores) != len(histories):
-            raise ValueError(f"scores must be (U, N+1) with one row per history; found {tuple(scores.shape)} "
-                             f"for {len(histories)} histories")
+        if isinstance(scores, torch.Tensor):
+            if scores.ndim != 2 or len(scores) != len(histories):
+                raise ValueError(f"scores must be (U, N+1) with one row per history; found "
+                                 f"{tuple(scores.shape)} for {len(histories)} histories")
+            scores = MatrixScores(scores, batch_users)
         self.histories = [np.asarray(h, np.int64) for h in histories]
         self.quality = quality
-        scores = scores.detach().cpu()
-        seen = torch.zeros(scores.shape, dtype=torch.bool)
-        for u, h in enumerate(self.histories):
-            seen[u, torch.from_numpy(h)] = True
-        seen[:, 0] = True
-        self.seen = seen
-        self.z = standardise_scores(scores)
-        if self.cfg.z_over == "slate":  # the slate is the same under either standardisation (monotone)
-            top = self.z.masked_fill(seen, float("-inf")).topk(self.cfg.slate_size, dim=1).indices
-            self.z = standardise_scores(scores, torch.zeros_like(seen).scatter_(1, top, True))
+        self.scores = scores
+        parts = []
+        for i, s in scores.batches():  # B users × (N+1) items at a time; a catalogue under k items keeps them all
+            parts.append(self._slate_state(s, self.histories[i:i + len(s)], min(self.cfg.slate_size, s.shape[1])))
+        self.slates, self.slate_z, self.mean, self.scale = (torch.cat(t) for t in zip(*parts))
+        self.n_items = s.shape[1] - 1
+        if len(self.slates) != len(self.histories):
+            raise ValueError(f"the scores have {len(self.slates)} rows for {len(self.histories)} histories")
         g = torch.Generator().manual_seed(self.cfg.seed)
         self.zeta = torch.randn(len(histories), generator=g, dtype=torch.float64) * self.cfg.zeta_std
         self.click_generator = torch.Generator().manual_seed(self.cfg.seed + 1)  # in PPO checkpoints
+
+    @classmethod
+    def from_ranker(cls, ranker, histories: Sequence[np.ndarray], quality: QualityScorer,
+                    cfg: SimulatorConfig | None = None, *, reasons: Callable | None = None,
+                    item_table: torch.Tensor | None = None, batch_users: int = 1024) -> "UserSimulator":
+        """The simulator of ``ranker`` (scoring with ``item_table``, default its own store) for users who
+        have seen ``histories``, which are also the ranker's input (their last ``max_len`` items):
+        ``from_ranker(model, data.sequences("train"), …)`` is ``UserSimulator(all_scores(model, data,
+        "valid"), data.sequences("train"), …)`` — same slates, z, ζ and clicks — without the matrix."""
+        return cls(RankerScores(ranker, histories, item_table=item_table, batch_users=batch_users), histories,
+                   quality, cfg, reasons, batch_users)
+
+    def _slate_state(self, scores: torch.Tensor, hists: Sequence[np.ndarray], k: int):
+        """One batch of (B, N+1) raw scores → (slates (B, k), their z (B, k), mean (B,), scale (B,))."""
+        seen = torch.zeros(scores.shape, dtype=torch.bool)
+        for u, h in enumerate(hists):
+            seen[u, torch.from_numpy(h)] = True
+        seen[:, 0] = True
+        mean, scale = row_stats(scores)
+        z = _standardise(scores, mean, scale)
+        top = z.masked_fill(seen, float("-inf")).topk(k, dim=1).indices
+        if self.cfg.z_over == "slate":  # the slate is the same under either standardisation (monotone)
+            mean, scale = row_stats(scores, torch.zeros_like(seen).scatter_(1, top, True))
+            z = _standardise(scores, mean, scale)
+            top = z.masked_fill(seen, float("-inf")).topk(k, dim=1).indices  # as the dense simulator did
+        return top, z.gather(1, top), mean[:, 0], scale[:, 0]
 
     @property
     def n_users(self) -> int:
@@ -119,10 +222,29 @@ class UserSimulator:
         return perm[:n] + 1 if n <= self.n_users else torch.randint(self.n_users, (n,), generator=generator) + 1
 
     def slate(self, user_ids: torch.Tensor, k: int | None = None) -> torch.Tensor:
-        """(B,) user ids → (B, k) item ids: the ranker's top-k over unseen items, best first."""
-        rows = torch.as_tensor(user_ids, dtype=torch.long) - 1
-        z = self.z[rows].masked_fill(self.seen[rows], float("-inf"))
-        return z.topk(k or self.cfg.slate_size, dim=1).indices
+        """(B,) user ids → (B, k) item ids: the ranker's top-k over unseen items, best first (k ≤ slate_size)."""
+        k = k or self.cfg.slate_size
+        if k > self.slates.shape[1]:
+            raise ValueError(f"the simulator keeps each user's top {self.slates.shape[1]} (slate_size "
+                             f"{self.cfg.slate_size}, {self.n_items} items); asked for {k}: build it with "
+                             f"SimulatorConfig(slate_size={k}) on a catalogue of at least {k} items")
+        return self.slates[torch.as_tensor(user_ids, dtype=torch.long) - 1, :k]
+
+    def z_of(self, user_ids: torch.Tensor, item_ids: torch.Tensor) -> torch.Tensor:
+        """(B,) users, (B,) items → (B,) float64 standardised ranker scores z(u, i); 0 for item 0 (padding).
+        A slate item's is the number stored at construction; any other item's is scored on demand,
+        (h_uᵀ e_i − mean_u) / scale_u."""
+        rows = torch.as_tensor(user_ids, dtype=torch.long).reshape(-1) - 1
+        items = torch.as_tensor(item_ids, dtype=torch.long).reshape(-1)
+        hit = self.slates[rows] == items[:, None]  # slate items are distinct: at most one hit per row
+        on = hit.any(1)
+        z = torch.zeros(len(rows), dtype=torch.float64)
+        z[on] = self.slate_z[rows[on]][hit[on]]
+        off = ~on & (items > 0)
+        if off.any():
+            r = rows[off]
+            z[off] = (self.scores.pairs(r, items[off]).double() - self.mean[r]) / self.scale[r]
+        return z
 
     def click_prob(self, user_ids: torch.Tensor, item_ids: torch.Tensor, texts: Sequence[str],
                    shown: Sequence[Sequence[int]]) -> tuple[torch.Tensor, Quality]:
@@ -135,7 +257,7 @@ class UserSimulator:
         qual = self.quality.score(list(texts), items.tolist(), hists, shown, attribution=attr)
         q = torch.from_numpy(np.asarray(qual.q, np.float64))
         # METHOD: the click model — ranker relevance + explanation quality + a per-user propensity
-        logit = self.cfg.alpha * self.z[rows, items] + self.cfg.beta * q + self.zeta[rows]
+        logit = self.cfg.alpha * self.z_of(rows + 1, items) + self.cfg.beta * q + self.zeta[rows]
         return torch.sigmoid(logit), qual
 
     def reward(self, user_ids: torch.Tensor, item_ids: torch.Tensor, texts: Sequence[str],
