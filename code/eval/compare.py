@@ -106,6 +106,42 @@ def compare_systems(records: Sequence[Mapping], baseline: str = "warm_start",
     return out
 
 
+def compare_runs(records_a: Sequence[Mapping], records_b: Sequence[Mapping], system: str = "recrl",
+                 fields: Mapping[str, str] = FIELDS) -> dict[str, dict]:
+    """``{field: Comparison as dict}`` of ``system`` in run A minus the same system in run B (rows of the
+    two runs' ``explanations.jsonl``), paired on (user, item, set): two runs evaluated with the same
+    protocol explain the same pairs, so a difference between the runs is a mean of per-pair differences.
+
+    Raises ``ValueError`` when the runs do not explain exactly the same (user, item) pairs in a set, or a
+    pair repeats: then the runs were evaluated on different users or slates and cannot be paired."""
+    def index(records, name):
+        rows = {}
+        for r in records:
+            if r["system"] != system:
+                continue
+            key = (int(r["user_id"]), int(r["item_id"]), r["set"])
+            if key in rows:
+                raise ValueError(f"run {name} has two {system} explanations of (user, item, set) {key}")
+            rows[key] = r
+        if not rows:
+            raise ValueError(f"run {name} has no explanations of system {system!r}")
+        return rows
+
+    a, b = index(records_a, "A"), index(records_b, "B")
+    out: dict[str, dict] = {}
+    for field, which in fields.items():
+        keys_a = sorted(k for k in a if k[2] == which)
+        keys_b = sorted(k for k in b if k[2] == which)
+        if keys_a != keys_b:
+            only = sorted(set(keys_a) ^ set(keys_b))
+            raise ValueError(f"the two runs must explain the same (user, item) pairs in set {which!r}; "
+                             f"{len(only)} differ, e.g. {only[:3]} (evaluate both with the same --n_users and seed)")
+        if not keys_a or any(a[k].get(field) is None or b[k].get(field) is None for k in keys_a):
+            continue
+        out[field] = paired([float(a[k][field]) for k in keys_a], [float(b[k][field]) for k in keys_a]).as_dict()
+    return out
+
+
 
 # --- paired bootstrap of the corpus-level text metrics ----------------------------------------------------
 N_BOOT = 1000  # resamples of the users per comparison (seeded; all of them take well under a second)
