@@ -97,6 +97,7 @@ def test_evaluate_run_writes_metrics_and_explanations(runs, monkeypatch):
     pooled = frozen["text_vs_warm_start_all"]["recrl"]
     assert "distinct2" in pooled and "bleu4" not in pooled
     assert "text_vs_warm_start" in frozen["protocol"]
+    assert frozen["quality"]["w_faithfulness"] == 0.0 and frozen["quality"]["w_item"] == pytest.approx(0.3)
     slate_rows = [r for r in recs if r["set"] == "slate"]
     assert all(set(r["shown"]) <= set(r["history"]) and r["faith1"] in (0.0, 1.0) for r in slate_rows)
 

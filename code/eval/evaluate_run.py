@@ -322,6 +322,7 @@ def run(cfg: EvalConfig, force: bool = False) -> dict:
         if "warm_start" in metrics else {}
     result = {"dataset": cfg.dataset, "tag": cfg.tag, "mode": ckpt.mode, "step": step,
               "checkpoint": str(folder), "n_users": len(users), "protocol": PROTOCOL, "decoding": dataclasses.asdict(dec),
+              "quality": dataclasses.asdict(quality.cfg),  # q's weights: runs are q-comparable only when equal
               "ranking": ranking, **text, "ctr_lift_pp": lift,
               "vs_warm_start": compare_systems(recs, "warm_start")}
     with atomic.atomic_path(out_dir / "explanations.jsonl") as tmp:
