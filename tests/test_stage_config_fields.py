@@ -40,7 +40,8 @@ def test_library_defaults_unchanged():
         mask_padding_keys=True, scale_item_emb=True)
     assert dataclasses.asdict(SASRecTrainConfig()) == dict(
         dataset="ml100k", hidden=64, n_layers=2, n_heads=2, dropout=0.2, max_len=50, activation="gelu",
-        mask_padding_keys=True, scale_item_emb=True, loss="ce", lr=1e-3, weight_decay=0.0, batch_size=128,
+        mask_padding_keys=True, scale_item_emb=True, loss="ce", ce_chunk_items=0, negatives="uniform",
+        n_negatives=256, gbce_t=0.75, lr=1e-3, weight_decay=0.0, batch_size=128,
         epochs=200, patience=10, window_stride=0, grad_clip=0.0, eval_every=1, eval_batch_size=1024, seed=0,
         device="auto", threads=2)
     with pytest.raises(TypeError):
@@ -82,7 +83,7 @@ def test_every_ranker_setting_is_a_flag_and_a_yaml_key_that_reaches_the_model():
     hyper = _other_values(SASRecHyper)
     train = {"lr": 5e-3, "weight_decay": 0.1, "batch_size": 64, "epochs": 3, "patience": 2, "window_stride": 10,
              "grad_clip": 1.0, "eval_every": 2, "eval_batch_size": 512, "seed": 4, "loss": "bce", "device": "cpu",
-             "threads": 1}
+             "threads": 1, "ce_chunk_items": 512, "negatives": "popularity", "n_negatives": 32, "gbce_t": 0.5}
     assert set(hyper) | set(train) | {"dataset"} == {f.name for f in dataclasses.fields(SASRecTrainConfig)}
     for cfg in (train_sasrec.parse(_flags({**hyper, **train}) + ["--dataset", "steam"])[0],
                 merge_yaml(SASRecTrainConfig, SASRecTrainConfig(), {**hyper, **train, "dataset": "steam"},

@@ -8,10 +8,19 @@ early stopping; evaluates the test split once, with the selected model, under ev
 the most-popular and random baselines. Writes ``checkpoints/sasrec_<D>.pt`` (weights_only-loadable),
 ``checkpoints/sasrec_<D>.manifest.json`` and ``logs/<D>/ranker/{metrics.jsonl,train.log}``. A killed
 run resumes from ``checkpoints/sasrec_<D>.resume.pt`` when started again with the same config.
+
+Losses (``--loss``; docs/ranker_losses.md), recorded under ``loss`` in the checkpoint and its manifest:
+  ce               softmax over all items (default); --ce_chunk_items K scores K items at a time, the
+                   same loss and gradients without the positions x items logits (large catalogues)
+  bce              the SASRec paper's: one sampled negative per position
+  sampled_softmax  softmax over the positive and --n_negatives negatives shared by the batch, drawn
+                   --negatives uniform|popularity (train-split counts), logits corrected by -log Q
+  gbce             gSASRec's generalised BCE: --n_negatives uniform negatives, calibration --gbce_t
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import time
@@ -20,7 +29,7 @@ import torch
 
 from shielded_recrl.common import atomic, manifest
 from shielded_recrl.common.configs import parse_config
-from shielded_recrl.common.errors import run_cli
+from shielded_recrl.common.errors import InputError, run_cli
 from shielded_recrl.common.logs import MetricsLog, setup_logging
 from shielded_recrl.common.paths import checkpoints_dir, logs_dir, proc_dir, resolve_user_path
 from shielded_recrl.dataset.processed import load_processed
@@ -28,7 +37,7 @@ from shielded_recrl.ranker import baselines
 from shielded_recrl.ranker.checkpoint import save_ranker
 from shielded_recrl.ranker.data import eval_inputs
 from shielded_recrl.ranker.evaluate import evaluate, evaluate_scorer, flat, table
-from shielded_recrl.ranker.training import SASRecTrainConfig, train_model
+from shielded_recrl.ranker.training import SASRecTrainConfig, loss_record, train_model, unused_settings
 
 STAGE = "ranker"
 PROTOCOL_NOTE = {
@@ -41,6 +50,7 @@ PROTOCOL_NOTE = {
 
 
 def _extra(p):
+    p.formatter_class = argparse.RawDescriptionHelpFormatter  # --help shows the docstring's loss table as laid out
     p.add_argument("--out", default=None, help="checkpoint path (default: checkpoints/sasrec_<D>.pt)")
     p.add_argument("--fresh", action="store_true", help="ignore (and overwrite) an existing resume state")
     p.add_argument("--force", action="store_true",
@@ -49,8 +59,12 @@ def _extra(p):
 
 def parse(argv=None) -> tuple[SASRecTrainConfig, object]:
     """Flags → config: one flag per field of SASRecTrainConfig (the model's hyperparameters included)."""
-    return parse_config(SASRecTrainConfig, argv, description=__doc__, default_yaml="experiments/sasrec.yaml",
-                        extra_args=_extra)
+    try:
+        return parse_config(SASRecTrainConfig, argv, description=__doc__, default_yaml="experiments/sasrec.yaml",
+                            extra_args=_extra)
+    except ValueError as err:  # SASRecTrainConfig's own checks (e.g. n_negatives < 1)
+        raise InputError("experiments/sasrec.yaml (or --config) and the flags", "a valid ranker config",
+                         str(err), "Fix the key or flag it names.") from None
 
 
 def main(argv=None):
@@ -62,9 +76,11 @@ def main(argv=None):
     manifest_path = ckpt_path.with_name(ckpt_path.stem + ".manifest.json")
     log_dir = logs_dir() / cfg.dataset / STAGE
     log = setup_logging(log_dir / "train.log")
+    # execution settings and the settings the chosen loss does not read do not change the result
     if not ns.force and manifest.is_complete(manifest_path, STAGE, dataclasses.asdict(cfg),
                                              {"processed": proc_dir(cfg.dataset)},
-                                             ignore=("threads", "device", "eval_batch_size")):
+                                             ignore=("threads", "device", "eval_batch_size", "ce_chunk_items")
+                                             + unused_settings(cfg.loss)):
         print(f"[ranker] {ckpt_path} is complete for this config and data (use --force to retrain)")
         return manifest.read(manifest_path, STAGE)["metrics"]
     if ns.fresh and resume_path.exists():
@@ -98,12 +114,13 @@ def main(argv=None):
         print(table(results[split]))
     print("\nprotocols: " + "; ".join(f"{k} = {v}" for k, v in PROTOCOL_NOTE.items()))
 
+    loss = loss_record(cfg, data.n_items)  # the loss and the settings it read (gbce: with its α, β)
     save_ranker(ckpt_path, model, extra={
         "dataset": cfg.dataset, "id_map_sha256": data.id_map_sha256, "train_config": dataclasses.asdict(cfg),
-        "metrics": metrics, "protocols": PROTOCOL_NOTE})
+        "loss": loss, "metrics": metrics, "protocols": PROTOCOL_NOTE})
     m = manifest.build(STAGE, config=dataclasses.asdict(cfg), inputs={"processed": proc_dir(cfg.dataset)},
                        outputs={"checkpoint": ckpt_path}, seed=cfg.seed, metrics=metrics, started=started,
-                       extra={"id_map_sha256": data.id_map_sha256, "protocols": PROTOCOL_NOTE,
+                       extra={"id_map_sha256": data.id_map_sha256, "loss": loss, "protocols": PROTOCOL_NOTE,
                               "history": history})
     atomic.write_json(manifest_path, m)
     if resume_path.exists():
