@@ -85,13 +85,15 @@ def test_histories_left_padded_and_windows_cover_every_pair_once():
     assert w.users.tolist() == [0, 1, 1]
     m = D.item_mask(seqs, 10)
     assert m.shape == (3, 11) and m[1, 4:11].all() and not m[1, :4].any() and m[2].sum() == 1
+    lists = D.item_lists(seqs, 10)  # the sparse form the evaluation keeps; any rows, any order
+    assert torch.equal(lists.mask(torch.tensor([2, 0, 1])), m[[2, 0, 1]])
 
 
 def test_evaluate_scorer_protocols_on_a_fixed_scorer():
     # 2 users, 5 items; scores fixed per user; user 0 has seen item 2 (which outscores its target 1)
     inputs = D.EvalInputs(histories=torch.tensor([[0, 2], [0, 3]]), targets=torch.tensor([1, 5]),
-                          seen=torch.tensor([[0, 0, 1, 0, 0, 0], [0, 0, 0, 1, 0, 0]], dtype=torch.bool),
-                          interacted=torch.zeros(2, 6, dtype=torch.bool))
+                          seen=D.item_lists([np.array([2]), np.array([3])], 5),
+                          interacted=D.item_lists([np.zeros(0, np.int64)] * 2, 5))
     res = evaluate_scorer(lambda hist, rows: SCORES[rows], inputs, protocols=("full_masked", "full_unmasked"))
     assert res["ranks"]["full_unmasked"].greater.tolist() == [2, 0]
     assert res["ranks"]["full_masked"].greater.tolist() == [1, 0]
@@ -193,8 +195,8 @@ def test_evaluate_scorer_refuses_a_diverged_scorer_naming_the_rows():
     n_users, n_items = 70, 5
     inputs = D.EvalInputs(histories=torch.zeros(n_users, 2, dtype=torch.long),
                           targets=torch.ones(n_users, dtype=torch.long),
-                          seen=torch.zeros(n_users, n_items + 1, dtype=torch.bool),
-                          interacted=torch.zeros(n_users, n_items + 1, dtype=torch.bool))
+                          seen=D.item_lists([np.zeros(0, np.int64)] * n_users, n_items),
+                          interacted=D.item_lists([np.zeros(0, np.int64)] * n_users, n_items))
 
     def diverged(hist, rows):
         s = torch.rand(len(rows), n_items + 1, generator=torch.Generator().manual_seed(0))

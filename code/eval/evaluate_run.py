@@ -9,11 +9,12 @@ and ``logs/<D>/<tag>/eval.manifest.json``. Skipped when the manifest says the sa
 already evaluated (``--force`` redoes it).
 
 Ranking: the ranker with the run's co-adapted store against the original, on the test split, every
-protocol of the ranker stage, with paired standard errors over all users, per-user top-10 overlap,
-Kendall τ-b and the largest score change. Explanations: ``n_users`` seeded test users; see
-:mod:`.explanations` for the two sets (held-out test item → text metrics; a slate item → simulated CTR)
-and the four systems. Baseline systems' texts are cached per dataset under
-``logs/<D>/eval_baselines/`` (keyed by everything they depend on), so the ablations share them.
+protocol of the ranker stage, with paired standard errors over all test users (or ``--eval_users``
+seeded ones), per-user top-10 overlap, Kendall τ-b and the largest score change, batch by batch.
+Explanations: ``n_users`` seeded test users; see :mod:`.explanations` for the two sets (held-out test
+item → text metrics; a slate item → simulated CTR) and the four systems. Baseline systems' texts are
+cached per dataset under ``logs/<D>/eval_baselines/`` (keyed by everything they depend on), so the
+ablations share them.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from shielded_recrl.eval.compare import compare_systems, compare_text
 from shielded_recrl.eval.ranking_drift import drift_report, paired_diff
 from shielded_recrl.explainer.policy import Example
 from shielded_recrl.ranker.checkpoint import checkpoint_sha256, load_ranker
-from shielded_recrl.ranker.evaluate import evaluate
+from shielded_recrl.ranker.evaluate import evaluate, sample_users
 from shielded_recrl.trainer import run_folder
 from shielded_recrl.trainer.config import RecRLConfig
 
@@ -51,7 +52,7 @@ PROTOCOL = {
     "ranking": "test split, leave-one-out; full_masked: full ranking over all items with the user's seen items "
                "masked (primary); full_unmasked: nothing masked (RecBole's protocol); sampled100: the true item "
                "among 100 sampled unseen negatives (seed 0). diff = run − orig per user; diff_se = paired "
-               "standard error over all users.",
+               "standard error over {users} (ranking.users).",
     "explanations": "n_users seeded test users; each explains the held-out test item from the train+valid "
                     "history. Reference-based metrics (bleu1/4, rouge1/2/L, embed_sim) against that pair's test "
                     "reference, only per reference source (by_source), never pooled: on template references "
@@ -91,6 +92,8 @@ class EvalConfig:
                                               "validation panel selected (--panel_users; select on validation)"})
     n_users: int = dataclasses.field(default=256, metadata={
         "help": "seeded test users whose explanations are scored and paired across systems (0: all)"})
+    eval_users: int = dataclasses.field(default=0, metadata={
+        "help": "test users of the ranking section: a fixed sample seeded with --seed (0: all test users)"})
     systems: list[str] = dataclasses.field(default_factory=lambda: list(X.SYSTEMS), metadata={
         "help": "recrl warm_start base template (recrl is always evaluated)"})
     decoding: str = dataclasses.field(default="sample", metadata={
@@ -120,17 +123,20 @@ def parse(argv=None) -> tuple[EvalConfig, bool]:
 
 
 # --- ranking ---------------------------------------------------------------------------------------------
-def ranking_section(ranker, data, table: torch.Tensor) -> dict:
-    orig = evaluate(ranker, data, "test")
-    run = evaluate(ranker, data, "test", item_table=table)
+def ranking_section(ranker, data, table: torch.Tensor, n_users: int = 0, seed: int = 0) -> dict:
+    """The ranking part of eval.json on ``n_users`` seeded test users (0: all), batch by batch."""
+    users = sample_users(data.n_users, n_users, seed)
+    orig = evaluate(ranker, data, "test", users=users)
+    run = evaluate(ranker, data, "test", item_table=table, users=users)
     out = {"orig": {}, "run": {}, "diff": {}, "diff_se": {}}
     for proto, per_user in orig["per_user"].items():
         for metric, a in per_user.items():
             d = paired_diff(a, run["per_user"][proto][metric])
             key = f"{proto}/{metric}"
             out["orig"][key], out["run"][key], out["diff"][key], out["diff_se"][key] = d.mean_a, d.mean_b, d.diff, d.se
-    rep = drift_report(ranker, data, "test", table)
-    out.update(top10_overlap=float(rep.overlap.float().mean()), kendall_tau=float(rep.kendall.mean()),
+    rep = drift_report(ranker, data, "test", table, users=users)
+    out.update(users={"n": orig["n_users"], "of": data.n_users, "seed": None if users is None else seed},
+               top10_overlap=float(rep.overlap.float().mean()), kendall_tau=float(rep.kendall.mean()),
                max_score_change=float(rep.max_score_change.max()), score_scale=rep.score_scale)
     return out
 
@@ -247,7 +253,11 @@ def run(cfg: EvalConfig, force: bool = False) -> dict:
     ranker_sha = checkpoint_sha256(ranker_path)
     table, step = ckpt.store(ranker.item_emb.weight.detach().cpu()), ckpt.step
     t0 = time.time()
-    ranking = ranking_section(ranker, data, table)
+    ranking = ranking_section(ranker, data, table, cfg.eval_users, cfg.seed)
+    sample = ranking["users"]
+    protocol = {**PROTOCOL, "ranking": PROTOCOL["ranking"].format(
+        users=f"all {sample['n']} test users" if sample["seed"] is None else
+        f"{sample['n']} of {sample['of']} test users drawn with seed {sample['seed']} (--eval_users)")}
     log.info("ranking (test, full masked NDCG@10): orig %.4f run %.4f diff %+.4f ± %.4f; overlap %.3f (%.1fs)",
              ranking["orig"]["full_masked/ndcg@10"], ranking["run"]["full_masked/ndcg@10"],
              ranking["diff"]["full_masked/ndcg@10"], ranking["diff_se"]["full_masked/ndcg@10"],
@@ -321,7 +331,7 @@ def run(cfg: EvalConfig, force: bool = False) -> dict:
     lift = {s: 100.0 * (m["ctr"] - metrics["warm_start"]["ctr"]) for s, m in metrics.items()} \
         if "warm_start" in metrics else {}
     result = {"dataset": cfg.dataset, "tag": cfg.tag, "mode": ckpt.mode, "step": step,
-              "checkpoint": str(folder), "n_users": len(users), "protocol": PROTOCOL, "decoding": dataclasses.asdict(dec),
+              "checkpoint": str(folder), "n_users": len(users), "protocol": protocol, "decoding": dataclasses.asdict(dec),
               "quality": dataclasses.asdict(quality.cfg),  # q's weights: runs are q-comparable only when equal
               "ranking": ranking, **text, "ctr_lift_pp": lift,
               "vs_warm_start": compare_systems(recs, "warm_start")}

@@ -2,14 +2,16 @@
 standard errors of per-user metric differences (DESIGN.md §5). Pure tensor functions, no I/O.
 
 All functions take per-user rows (U, …) and return per-user values, so callers can average, bootstrap or
-pair them. On ML-100K (943 test users) a 1% NDCG change is inside the noise; top-k overlap and Kendall τ
-are the sensitive drift measures, and every mean difference is reported with its paired SE.
+pair them; :func:`reference_scores` and :func:`drift_report` feed them one user batch at a time from the
+model (nothing users × items is held; DESIGN.md §7). On ML-100K (943 test users) a 1% NDCG change is
+inside the noise; top-k overlap and Kendall τ are the sensitive drift measures, and every mean difference
+is reported with its paired SE.
 """
 
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 import torch
 
@@ -17,10 +19,8 @@ import torch
 def topk_from_scores(scores: torch.Tensor, k: int, exclude: torch.Tensor | None = None) -> torch.Tensor:
     """Top-``k`` item ids (U, k), best first; ``exclude`` (U, N+1) bool masks seen items; column 0 (padding)
     never appears."""
-    s = scores.clone()
+    s = scores.clone() if exclude is None else scores.masked_fill(exclude, -torch.inf)  # one (U, N+1) copy
     s[:, 0] = -torch.inf
-    if exclude is not None:
-        s = s.masked_fill(exclude, -torch.inf)
     return s.topk(k, dim=1).indices
 
 
@@ -59,11 +59,11 @@ def kendall_tau_union(scores_a: torch.Tensor, scores_b: torch.Tensor, top_a: tor
 def max_score_change(scores_a: torch.Tensor, scores_b: torch.Tensor,
                      exclude: torch.Tensor | None = None) -> torch.Tensor:
     """Per-user largest ``|s_b(u,i) − s_a(u,i)|`` over items (U,), padding column and ``exclude`` ignored."""
-    d = (scores_b - scores_a).abs().double()
+    d = (scores_b - scores_a).abs_()
     d[:, 0] = 0.0
     if exclude is not None:
-        d = d.masked_fill(exclude, 0.0)
-    return d.max(1).values
+        d = d.masked_fill_(exclude, 0.0)
+    return d.max(1).values.double()  # the max before the (exact) cast: no float64 copy of the whole rows
 
 
 class PairedDiff(NamedTuple):
@@ -99,10 +99,10 @@ def paired_diff(a: torch.Tensor, b: torch.Tensor) -> PairedDiff:
 class DriftReport(NamedTuple):
     """A modified item store against the original, on one split (protocol: full ranking, seen items masked).
 
-    ndcg/hr: PairedDiff of per-user NDCG@k / HR@k (original → modified); overlap, kendall: per-user (U,)
-    top-k overlap and Kendall τ-b on the union of the top-k lists; max_score_change: per-user (U,) largest
+    ndcg/hr: PairedDiff of per-user NDCG@k / HR@k (original → modified); overlap, kendall: per-user (n,)
+    top-k overlap and Kendall τ-b on the union of the top-k lists; max_score_change: per-user (n,) largest
     |Δs| over all items; score_scale: mean over users of the std of their original scores (to read the
-    score change against).
+    score change against). n users: the reference's (all, or its seeded sample ``users``).
     """
 
     ndcg: PairedDiff
@@ -115,41 +115,75 @@ class DriftReport(NamedTuple):
 
 @torch.no_grad()
 def drift_report(model, data, split: str, table: torch.Tensor, *, k: int = 10, reference: dict | None = None,
-                 batch_size: int = 1024) -> DriftReport:
+                 batch_size: int = 1024, users: Sequence[int] | torch.Tensor | None = None) -> DriftReport:
     """Rank ``split`` with ``model`` reading item store ``table`` and compare with the original store.
 
-    ``reference`` (from :func:`reference_scores`) caches the original ranking when many tables are compared.
+    ``reference`` (from :func:`reference_scores`) caches the original ranking when many tables are compared;
+    without it the original store is the model's own table as it is now. ``users``: 0-based user rows (a
+    fixed sample; default: the reference's, else all). Batch by batch, nothing users × items is held: each
+    batch is scored twice, with the reference's table ``E0`` and with ``table`` (the Kendall τ and the score
+    change need both scores of every candidate), so memory is O(n·k + N·d + batch_size·N).
     """
     from ..ranker import metrics as M
-    from ..ranker.data import eval_inputs
-    from ..ranker.evaluate import all_scores
+    from ..ranker.evaluate import score_split
 
-    ref = reference or reference_scores(model, data, split, k=k, batch_size=batch_size)
-    s1 = all_scores(model, data, split, item_table=table, batch_size=batch_size)
-    inputs = eval_inputs(data, split, model.cfg.max_len)
-    ranks1 = M.target_ranks(s1, inputs.targets, inputs.seen)
-    top1 = topk_from_scores(s1, k, inputs.seen)
-    s0 = ref["scores"]
-    return DriftReport(paired_diff(ref["ndcg"], M.ndcg_at_k(ranks1, k)),
-                       paired_diff(ref["hr"], M.hr_at_k(ranks1, k)),
-                       topk_overlap(ref["top"], top1), kendall_tau_union(s0, s1, ref["top"], top1),
-                       max_score_change(s0, s1), ref["scale"])
+    if reference is None:
+        reference = reference_scores(model, data, split, k=k, batch_size=batch_size, users=users)
+    elif users is not None and not torch.equal(torch.as_tensor(users, dtype=torch.long).reshape(-1),
+                                               reference["users"]):
+        raise ValueError("drift_report(users=) differs from the users the reference was computed on; pass "
+                         "reference_scores(..., users=) the same sample (or omit users=)")
+    if reference["split"] != split or reference["top"].shape[1] != k:
+        raise ValueError(f"the reference ranks {reference['split']!r} with top-{reference['top'].shape[1]} lists; "
+                         f"drift_report asked for {split!r}, k={k}")
+    inputs = reference["inputs"]
+    top0 = reference["top"]
+    ndcg1, hr1, overlap, kendall, change = [], [], [], [], []
+    start = 0
+    for rows, (s0, s1) in score_split(model, inputs, (reference["table"], table), users=reference["users"],
+                                      batch_size=batch_size):
+        seen = inputs.seen.mask(rows)
+        t0 = top0[start:start + len(rows)]
+        start += len(rows)
+        ranks1 = M.target_ranks(s1, inputs.targets[rows], seen)
+        top1 = topk_from_scores(s1, k, seen)
+        ndcg1.append(M.ndcg_at_k(ranks1, k))
+        hr1.append(M.hr_at_k(ranks1, k))
+        overlap.append(topk_overlap(t0, top1))
+        kendall.append(kendall_tau_union(s0, s1, t0, top1))
+        change.append(max_score_change(s0, s1))
+    return DriftReport(paired_diff(reference["ndcg"], torch.cat(ndcg1)), paired_diff(reference["hr"], torch.cat(hr1)),
+                       torch.cat(overlap), torch.cat(kendall), torch.cat(change), reference["scale"])
 
 
 @torch.no_grad()
 def reference_scores(model, data, split: str, *, k: int = 10, batch_size: int = 1024,
-                     item_table: torch.Tensor | None = None) -> dict:
-    """The original store's scores, top-k, per-user NDCG@k/HR@k (full ranking, seen masked) on ``split``.
+                     item_table: torch.Tensor | None = None,
+                     users: Sequence[int] | torch.Tensor | None = None) -> dict:
+    """The original store's ranking of ``split`` (full ranking, seen masked), O(n·k + N·d), batch by batch.
 
-    ``item_table``: the store to score with (default: the model's own table as it is now). Pass ``E0``
-    explicitly when the model's table may already have moved (a resumed run)."""
+    Returns ``{"split", "inputs", "table", "users", "top", "ndcg", "hr", "scale"}``: the split's
+    :class:`~shielded_recrl.ranker.data.EvalInputs` (built once, reused by every :func:`drift_report`), a
+    snapshot of the store scored with (``table``, (N+1, d): :func:`drift_report` rescores each batch with
+    it instead of keeping U × (N+1) scores), the (n,) user rows ranked (``users``), their top-k (n, k),
+    per-user NDCG@k and HR@k (n,), and ``scale``, the mean over users of the std of their scores over
+    items 1..N. ``item_table``: the store to score with (default: the model's own table as it
+    is now). Pass ``E0`` explicitly when the model's table may already have moved (a resumed run).
+    ``users``: 0-based user rows, a fixed sample (e.g. ``ranker.evaluate.sample_users``; default all)."""
     from ..ranker import metrics as M
     from ..ranker.data import eval_inputs
-    from ..ranker.evaluate import all_scores
+    from ..ranker.evaluate import score_split, user_rows
 
-    s0 = all_scores(model, data, split, item_table=item_table, batch_size=batch_size)
+    table0 = (model.item_table if item_table is None else item_table).detach().clone()
     inputs = eval_inputs(data, split, model.cfg.max_len)
-    ranks0 = M.target_ranks(s0, inputs.targets, inputs.seen)
-    finite = s0[:, 1:]
-    return {"scores": s0, "top": topk_from_scores(s0, k, inputs.seen), "ndcg": M.ndcg_at_k(ranks0, k),
-            "hr": M.hr_at_k(ranks0, k), "scale": float(finite.std(1).mean())}
+    rows_all = user_rows(len(inputs.targets), users)
+    top, ndcg, hr, std = [], [], [], []
+    for rows, (s0,) in score_split(model, inputs, (table0,), users=rows_all, batch_size=batch_size):
+        seen = inputs.seen.mask(rows)
+        ranks0 = M.target_ranks(s0, inputs.targets[rows], seen)
+        top.append(topk_from_scores(s0, k, seen))
+        ndcg.append(M.ndcg_at_k(ranks0, k))
+        hr.append(M.hr_at_k(ranks0, k))
+        std.append(s0[:, 1:].std(1))
+    return {"split": split, "inputs": inputs, "table": table0, "users": rows_all, "top": torch.cat(top),
+            "ndcg": torch.cat(ndcg), "hr": torch.cat(hr), "scale": float(torch.cat(std).mean())}

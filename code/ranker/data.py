@@ -35,19 +35,62 @@ def item_mask(seqs: Sequence[np.ndarray], n_items: int) -> torch.BoolTensor:
     return mask
 
 
+class ItemLists(NamedTuple):
+    """Per-user item sets in CSR form: user row u's items are ``indices[indptr[u]:indptr[u + 1]]``.
+
+    O(U + interactions) where a (U, N+1) bool mask is O(U·N) (38 GB at MovieLens-25M); :meth:`mask` builds
+    the dense mask of a batch of rows only.
+
+    indptr:  (U+1,) long — row offsets into ``indices``
+    indices: (nnz,) long — item ids 1..N
+    n_items: N
+    """
+
+    indptr: torch.Tensor
+    indices: torch.Tensor
+    n_items: int
+
+    @property
+    def n_users(self) -> int:
+        return len(self.indptr) - 1
+
+    def mask(self, rows: torch.Tensor) -> torch.BoolTensor:
+        """(B, N+1) bool for the user rows ``rows`` (B,): True where the user's list holds the item."""
+        rows = torch.as_tensor(rows, dtype=torch.long)
+        start = self.indptr[rows]
+        length = self.indptr[rows + 1] - start
+        out = torch.zeros(len(rows), self.n_items + 1, dtype=torch.bool)
+        n = int(length.sum())
+        if n:
+            first = torch.repeat_interleave(start - (length.cumsum(0) - length), length)  # indices offset per row
+            out[torch.repeat_interleave(torch.arange(len(rows)), length),
+                self.indices[first + torch.arange(n)]] = True
+        return out
+
+
+def item_lists(seqs: Sequence[np.ndarray], n_items: int) -> ItemLists:
+    """:class:`ItemLists` of each user's sequence (the sparse :func:`item_mask`: ``item_lists(s, n).mask(rows)
+    == item_mask(s, n)[rows]``)."""
+    lengths = torch.tensor([len(s) for s in seqs], dtype=torch.long)
+    indptr = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
+    indices = torch.from_numpy(np.concatenate([np.asarray(s, dtype=np.int64) for s in seqs])) if len(seqs) \
+        else torch.zeros(0, dtype=torch.long)
+    return ItemLists(indptr, indices, n_items)
+
+
 class EvalInputs(NamedTuple):
-    """Everything needed to rank one split for every user (U users, N items).
+    """Everything needed to rank one split for every user (U users, N items), O(U·max_len + interactions).
 
     histories:  (U, max_len) long — left-padded input history (train for valid; train+valid for test)
     targets:    (U,) long        — the held-out item
-    seen:       (U, N+1) bool    — items in the input history (masked in the ``full_masked`` protocol)
-    interacted: (U, N+1) bool    — the user's whole sequence (never drawn as a sampled negative)
+    seen:       ItemLists        — items in the input history (masked in the ``full_masked`` protocol)
+    interacted: ItemLists        — the user's whole sequence (never drawn as a sampled negative)
     """
 
     histories: torch.Tensor
     targets: torch.Tensor
-    seen: torch.Tensor
-    interacted: torch.Tensor
+    seen: ItemLists
+    interacted: ItemLists
 
 
 def eval_inputs(data, split: str, max_len: int) -> EvalInputs:
@@ -56,7 +99,7 @@ def eval_inputs(data, split: str, max_len: int) -> EvalInputs:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     history = data.sequences("train" if split == "valid" else "valid")
     return EvalInputs(histories(history, max_len), torch.from_numpy(data.targets(split)),
-                      item_mask(history, data.n_items), item_mask(data.sequences("test"), data.n_items))
+                      item_lists(history, data.n_items), item_lists(data.sequences("test"), data.n_items))
 
 
 class TrainWindows(NamedTuple):

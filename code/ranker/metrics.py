@@ -45,11 +45,13 @@ class Ranks(NamedTuple):
         return self.greater.to(torch.float64) + self.ties.to(torch.float64) / 2
 
 
-def check_finite(scores: torch.Tensor, live: torch.Tensor | None = None, *, first_row: int = 0) -> None:
+def check_finite(scores: torch.Tensor, live: torch.Tensor | None = None, *, first_row: int = 0,
+                 row_ids: torch.Tensor | None = None) -> None:
     """Raise ``ValueError`` when a score that takes part in ranking is NaN or ±inf.
 
     ``live`` (B, N+1) bool marks the scores that take part (default: every item; padding column 0 never
-    does, so callers may set it to -inf). ``first_row`` numbers the rows in the message (a batch offset).
+    does, so callers may set it to -inf). ``first_row`` numbers the rows in the message (a batch offset);
+    ``row_ids`` (B,), when given, names them instead (e.g. the user rows of a sample).
     """
     bad = ~torch.isfinite(scores)
     bad[:, 0] = False
@@ -60,9 +62,10 @@ def check_finite(scores: torch.Tensor, live: torch.Tensor | None = None, *, firs
         return
     bad_rows = bad.any(1).nonzero().flatten()
     n_nan = int((bad & torch.isnan(scores)).sum())
+    first = first_row + int(bad_rows[0]) if row_ids is None else int(row_ids[bad_rows[0]])
     raise ValueError(
         f"scores contain {n_bad} non-finite values ({n_nan} NaN, {n_bad - n_nan} ±inf) in {len(bad_rows)} of "
-        f"{len(scores)} rows (first: row {first_row + int(bad_rows[0])}): a diverged model or item store; "
+        f"{len(scores)} rows (first: row {first}): a diverged model or item store; "
         "refusing to rank (NaN compares False, so it would rank first). Check the training loss and the "
         "item table for NaN/inf.")
 

@@ -111,6 +111,9 @@ class RecRLConfig(PPOSettings):
                 "scaled by 1 − w (0: off)"})
     # drift guard (DESIGN.md: the shield is a dial, not a wall)
     monitor_every: int = F(default=1, metadata={"help": "steps between ranking checks (0: off)"})
+    monitor_users: int = F(default=10000, metadata={
+        "help": "validation users of the ranking check: a fixed sample seeded with --seed (all users when "
+                "fewer; 0: all). Each check scores them twice, batch by batch (DESIGN.md §7)"})
     max_ndcg_drop: float = F(default=0.05, metadata={
         "help": "relative validation NDCG@10 drop vs the original store E0 that trips the guard "
                 "(not for --no_projection)"})
@@ -137,6 +140,8 @@ class RecRLConfig(PPOSettings):
         super().__post_init__()
         if self.explanation_max_len >= self.max_seq_len_explainer:
             raise ValueError("explanation_max_len must be below max_seq_len_explainer")
+        if self.monitor_users < 0:
+            raise ValueError(f"monitor_users must be ≥ 0 (0: all users); found {self.monitor_users}")
         if not 0.0 <= self.w_faithfulness < 1.0:
             raise ValueError(f"w_faithfulness must be in [0, 1); found {self.w_faithfulness}")
 

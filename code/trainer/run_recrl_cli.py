@@ -37,6 +37,7 @@ from shielded_recrl.projection.artifacts import load_basis
 from shielded_recrl.projection.shield import Shield, ShieldConfig
 from shielded_recrl.ranker.attribution import shown_attribution
 from shielded_recrl.ranker.checkpoint import checkpoint_sha256, load_ranker
+from shielded_recrl.ranker.evaluate import sample_users
 from shielded_recrl.trainer import run_folder
 from shielded_recrl.trainer.config import RecRLConfig, ppo_settings
 from shielded_recrl.trainer.ppo import PPOTrainer, ValueHead
@@ -274,7 +275,11 @@ def run(cfg: RecRLConfig, reward_fn=None) -> dict:
     # METHOD: the drift guard compares with the original store E0 — computed before a resume puts the
     # checkpoint's store in place, so a resumed run keeps measuring drift since E0, not since the resume
     guard = cfg.monitor_every > 0
-    ref = reference_scores(ranker, data, "valid", item_table=shield.E0) if guard else None
+    monitor_rows = sample_users(data.n_users, cfg.monitor_users, cfg.seed)  # a fixed sample (None: all users)
+    ref = reference_scores(ranker, data, "valid", item_table=shield.E0, users=monitor_rows) if guard else None
+    if guard:
+        log.info("drift guard: every %d steps on %d of %d validation users (seed %d); original NDCG@10 %.4f",
+                 cfg.monitor_every, len(ref["users"]), data.n_users, cfg.seed, float(ref["ndcg"].mean()))
 
     gen = torch_generator(cfg.seed)
     step, good = 0, trainer.snapshot()
