@@ -2,8 +2,8 @@
 # The full experiment on a GPU machine (DESIGN.md §2): every dataset, TinyLlama-1.1B-Chat in 8-bit, the
 # main Shielded PPO run and its ablations, evaluation and an audit per run, then the aggregate table.
 #   bash scripts/run_runpod_full.sh [--datasets "ml100k books"] [--model HUB_ID] [--max_steps N]
-#        [--taus "0.95 0.99 0.999"] [--gpus N] [--max_users N] [--eval_users N] [--ppo_config FILE] [--force]
-#        [--allow_cpu] [--skip_setup] [--dry_run]
+#        [--taus "0.95 0.99 0.999"] [--gpus N [--ddp]] [--max_users N] [--eval_users N] [--ppo_config FILE]
+#        [--force] [--allow_cpu] [--skip_setup] [--dry_run]
 # Per dataset: download (skipped when the raw files are there) → preprocess → SASRec → bases → warm start
 # (experiments/explainer_full.yaml) → PPO runs shielded, no_projection, kl0, frozen, tau<τ> → eval + audit
 # per run; then aggregation over logs/. Steam-200K needs Kaggle credentials: without them (and without
@@ -15,7 +15,11 @@
 #   --model ID        warm start's base model (default TinyLlama/TinyLlama-1.1B-Chat-v1.0; needs the hub)
 #   --max_steps N     PPO iterations per run (default 20000, the seed's)
 #   --taus LIST       τ sweep: one basis and one shielded run per value (default "0.95 0.99 0.999")
-#   --gpus N          use N GPUs (default: CUDA_VISIBLE_DEVICES, else all that nvidia-smi -L lists)
+#   --gpus N          use N GPUs (default: CUDA_VISIBLE_DEVICES, else all that nvidia-smi -L lists); without
+#                     --ddp the independent PPO runs go one per GPU, concurrently
+#   --ddp             with N > 1 GPUs: the ranker and each PPO run use all N GPUs as one data-parallel run
+#                     (accelerate launch --multi_gpu --num_processes N, DDP over NCCL), one run after another;
+#                     the PPO config's ppo_batch must be a multiple of N x group_size (checked by the trainer)
 #   --max_users N     make_splits.py --max_users N: a seeded sample of N users per dataset (default: all).
 #                     The PPO stage holds dense users × items score matrices: ML-25M takes tens of GB, and
 #                     full Amazon Books does not fit, so a Books run needs a sample
@@ -39,6 +43,7 @@ FORCE=()
 ALLOW_CPU=()
 SETUP=1
 DRY=0
+DDP=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --datasets) DATASETS="$2"; shift 2 ;;
@@ -46,6 +51,7 @@ while [ $# -gt 0 ]; do
     --max_steps) MAX_STEPS="$2"; shift 2 ;;
     --taus) TAUS="$2"; shift 2 ;;
     --gpus) N_GPUS="$2"; shift 2 ;;
+    --ddp) DDP=1; shift ;;
     --eval_users) EVAL_USERS=(--n_users "$2"); shift 2 ;;
     --max_users) MAX_USERS=(--max_users "$2"); shift 2 ;;
     --ppo_config) PPO_CONFIG=(--config "$2"); shift 2 ;;
@@ -80,6 +86,16 @@ fi
 if [ -n "$N_GPUS" ]; then
   for ((g = ${#GPU_IDS[@]}; g < N_GPUS; g++)); do GPU_IDS+=("$g"); done
   GPU_IDS=("${GPU_IDS[@]:0:$N_GPUS}")
+fi
+
+# --ddp: the data-parallel stages (ranker, PPO) start through accelerate's launcher on every GPU at once
+# (code/common/distributed.py); the other stages, and every stage without --ddp, run as one process.
+LAUNCH=("$PY")
+if [ "$DDP" = 1 ] && [ ${#GPU_IDS[@]} -gt 1 ]; then
+  LAUNCH=("$VENV/bin/accelerate" launch --multi_gpu --num_processes "${#GPU_IDS[@]}" --num_machines 1
+          --gpu_ids "$(IFS=,; echo "${GPU_IDS[*]}")" --mixed_precision no --dynamo_backend no)
+elif [ "$DDP" = 1 ]; then
+  echo "[full] --ddp with ${#GPU_IDS[@]} GPU(s): nothing to parallelise; every stage runs as one process"
 fi
 
 if [ "$DRY" = 1 ]; then
@@ -136,7 +152,7 @@ LONG_RUN=(--int8 --max_new_tokens 64   # 64: the warm start's budget (experiment
 ppo_chain() {  # ppo_chain D TAG MODE_ARGS... : PPO run, then its evaluation and audit. MODE_ARGS come
   # after the shared flags, so that a run's own value wins (argparse keeps the last: kl0's --kl_beta 0.0).
   local ds="$1" tag="$2"; shift 2
-  run_stage "$ds" "ppo_$tag" "$PY" code/trainer/run_recrl_cli.py --dataset "$ds" \
+  run_stage "$ds" "ppo_$tag" "${LAUNCH[@]}" code/trainer/run_recrl_cli.py --dataset "$ds" \
     --ranker_ckpt "checkpoints/sasrec_$ds.pt" "${SEED_FLAGS[@]}" "${LONG_RUN[@]}" "$@" --tag "$tag" \
     "${PPO_CONFIG[@]}" "${RESUME[@]}" || return 0  # a failed run is listed at the end; its lane goes on
   run_stage "$ds" "eval_$tag" "$PY" code/eval/evaluate_run.py --dataset "$ds" --tag "$tag" "${EVAL_USERS[@]}" \
@@ -155,7 +171,7 @@ dataset_pipeline() {  # the stages up to the warm start, then the PPO runs; stop
   run_stage "$ds" download "$PY" code/dataset/download.py --dataset "$ds" --no_progress || return 1
   run_stage "$ds" preprocess "$PY" code/dataset/make_splits.py --dataset "$ds" "${MAX_USERS[@]}" "${FORCE[@]}" \
     || return 1
-  run_stage "$ds" ranker "$PY" code/ranker/train_sasrec.py --dataset "$ds" "${FORCE[@]}" || return 1
+  run_stage "$ds" ranker "${LAUNCH[@]}" code/ranker/train_sasrec.py --dataset "$ds" "${FORCE[@]}" || return 1
   run_stage "$ds" basis "$PY" code/projection/run_basis.py --dataset "$ds" --proj_dir . "${FORCE[@]}" || return 1
   local tau runs=()
   for tau in $TAUS; do
@@ -172,11 +188,11 @@ dataset_pipeline() {  # the stages up to the warm start, then the PPO runs; stop
         "frozen --freeze_store")
   for tau in $TAUS; do runs+=("tau$tau --projection_basis checkpoints/basis_${ds}_tau$tau.pt"); done
 
-  # Multi-GPU: run_recrl_cli.py is a single-process trainer (no data parallelism), so `accelerate launch`
-  # would only start N copies of the same run. Instead the independent runs (different tags) go to N
-  # lanes, one per GPU (CUDA_VISIBLE_DEVICES), and run concurrently; each lane runs its share in turn.
+  # Multi-GPU, two ways. --ddp: each run in turn on all GPUs (LAUNCH above). Otherwise the independent
+  # runs (different tags) go to N lanes, one per GPU (CUDA_VISIBLE_DEVICES), and run concurrently; each
+  # lane runs its share in turn.
   local lanes=${#GPU_IDS[@]} i lane pids=() entry
-  if [ "$lanes" -le 1 ]; then
+  if [ "$lanes" -le 1 ] || [ "$DDP" = 1 ]; then
     for entry in "${runs[@]}"; do
       # shellcheck disable=SC2086  # the entry splits into TAG and MODE_ARGS on purpose
       ppo_chain "$ds" $entry

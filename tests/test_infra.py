@@ -184,6 +184,36 @@ def test_dry_run_two_gpus_one_lane_per_gpu(tmp_path):
     assert "CUDA_VISIBLE_DEVICES" not in lora  # the single-process stages keep the caller's environment
 
 
+def test_dry_run_ddp_launches_ranker_and_each_ppo_run_on_all_gpus(tmp_path):
+    """``--gpus 2 --ddp``: the ranker and every PPO run are one ``accelerate launch`` over both GPUs (no lanes),
+    and the trainer's flags after the launcher's still parse; the other stages stay one process."""
+    from shielded_recrl.ranker.train_sasrec import parse as parse_ranker
+    from shielded_recrl.trainer.run_recrl_cli import parse as parse_ppo
+
+    res = dry_run(tmp_path, "--datasets", "ml100k", "--gpus", "2", "--ddp")
+    assert res.returncode == 0, res.stderr
+    assert "CUDA_VISIBLE_DEVICES=" not in res.stdout  # no per-GPU lanes
+    cmds = stage_commands(res.stdout)
+
+    def launched(argv: list[str], script: str) -> list[str]:
+        assert argv[0].endswith("/bin/accelerate") and argv[1] == "launch", argv
+        at = argv.index(script)
+        opts = argv[2:at]
+        assert "--multi_gpu" in opts and opts[opts.index("--num_processes") + 1] == "2", opts
+        assert opts[opts.index("--gpu_ids") + 1] == "0,1" and opts[opts.index("--mixed_precision") + 1] == "no"
+        return argv[at + 1:]
+
+    cfg, _ = parse_ranker(launched(cmds["ml100k/ranker"], "code/ranker/train_sasrec.py"))
+    assert cfg.dataset == "ml100k"
+    for tag in PPO_TAGS:
+        cfg = parse_ppo(launched(cmds[f"ml100k/ppo_{tag}"], "code/trainer/run_recrl_cli.py"))
+        assert (cfg.tag, cfg.resume) == (tag, "auto")
+    for stage in ("ml100k/lora_init", "ml100k/basis", "ml100k/eval_shielded", "ml100k/audit_frozen"):
+        assert cmds[stage][0].endswith("/bin/python"), cmds[stage]
+    one = stage_commands(dry_run(tmp_path, "--datasets", "ml100k", "--gpus", "1", "--ddp").stdout)
+    assert one["ml100k/ppo_shielded"][0].endswith("/bin/python")  # one GPU: nothing to launch
+
+
 STUB_PYTHON = """#!/usr/bin/env bash
 # records each call; fails the kl0 PPO run, as a crashed stage would
 echo "${CUDA_VISIBLE_DEVICES:-none} $*" >> "$STUB_CALLS"

@@ -50,16 +50,23 @@ class MetricsLog:
     """Append-only ``metrics.jsonl``: ``log({"train/loss": 0.3}, step=10)``. Flushed every line.
 
     With ``tensorboard=True`` the numeric values also go to TensorBoard event files in ``<folder>/tb/``
-    when the ``tensorboard`` package is installed.
+    when the ``tensorboard`` package is installed. ``enabled=False`` writes nothing at all (the ranks of a
+    data-parallel run other than rank 0).
     """
 
-    def __init__(self, path: str | os.PathLike, append: bool = False, tensorboard: bool = False):
+    def __init__(self, path: str | os.PathLike, append: bool = False, tensorboard: bool = False,
+                 enabled: bool = True):
         self.path = Path(path)
+        self._f = self.tb = None
+        if not enabled:
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._f = open(self.path, "a" if append else "w")
         self.tb = tensorboard_writer(self.path.parent / "tb") if tensorboard else None
 
     def log(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        if self._f is None:
+            return
         row = {"time": round(time.time(), 3), "step": step, **metrics}
         self._f.write(json.dumps(row, default=float) + "\n")
         self._f.flush()
@@ -69,7 +76,8 @@ class MetricsLog:
                     self.tb.add_scalar(k, v, step)
 
     def close(self) -> None:
-        self._f.close()
+        if self._f is not None:
+            self._f.close()
         if self.tb is not None:
             self.tb.close()
 

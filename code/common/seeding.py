@@ -22,6 +22,16 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
         torch.use_deterministic_algorithms(True, warn_only=True)
 
 
+def rank_seed(seed: int, rank: int, *more: int) -> int:
+    """The seed of data-parallel rank ``rank`` (and any further keys, e.g. a step): ``seed`` itself for rank 0
+    with no further keys, so a one-process run draws exactly what it drew before ranks existed; otherwise
+    a NumPy ``SeedSequence`` hash of all keys, so ranks draw independent streams, reproducibly for a given
+    number of ranks."""
+    if rank == 0 and not more:
+        return seed
+    return int(np.random.SeedSequence([seed, rank, *more]).generate_state(1)[0])
+
+
 def torch_generator(seed: int, device: str = "cpu"):
     import torch
 

@@ -16,6 +16,11 @@ Losses (``--loss``; docs/ranker_losses.md), recorded under ``loss`` in the check
   sampled_softmax  softmax over the positive and --n_negatives negatives shared by the batch, drawn
                    --negatives uniform|popularity (train-split counts), logits corrected by -log Q
   gbce             gSASRec's generalised BCE: --n_negatives uniform negatives, calibration --gbce_t
+
+Several GPUs, one run (data parallel, DDP; --batch_size is the global batch):
+    accelerate launch --multi_gpu --num_processes N code/ranker/train_sasrec.py --dataset D ...
+Each rank trains on its part of every batch and rank 0 evaluates; rank 0 alone writes the checkpoint,
+manifest, logs and resume state, the same files as one process (code/common/distributed.py).
 """
 
 from __future__ import annotations
@@ -23,11 +28,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import time
 
 import torch
 
-from shielded_recrl.common import atomic, manifest
+from shielded_recrl.common import atomic, distributed, manifest
 from shielded_recrl.common.configs import parse_config
 from shielded_recrl.common.errors import InputError, run_cli
 from shielded_recrl.common.logs import MetricsLog, setup_logging
@@ -75,7 +81,9 @@ def main(argv=None):
     resume_path = ckpt_path.with_name(ckpt_path.stem + ".resume.pt")
     manifest_path = ckpt_path.with_name(ckpt_path.stem + ".manifest.json")
     log_dir = logs_dir() / cfg.dataset / STAGE
-    log = setup_logging(log_dir / "train.log")
+    ranks = distributed.init(cfg.device)  # one process, or this rank of an `accelerate launch`
+    log = setup_logging(log_dir / "train.log" if ranks.is_main else None,
+                        logging.INFO if ranks.is_main else logging.WARNING)  # rank 0 writes everything
     # execution settings and the settings the chosen loss does not read do not change the result
     if not ns.force and manifest.is_complete(manifest_path, STAGE, dataclasses.asdict(cfg),
                                              {"processed": proc_dir(cfg.dataset)},
@@ -83,13 +91,17 @@ def main(argv=None):
                                              + unused_settings(cfg.loss)):
         print(f"[ranker] {ckpt_path} is complete for this config and data (use --force to retrain)")
         return manifest.read(manifest_path, STAGE)["metrics"]
-    if ns.fresh and resume_path.exists():
+    if ns.fresh and resume_path.exists() and ranks.is_main:
         resume_path.unlink()
-    print(f"[ranker] config ({ns.config or 'defaults'}):\n{json.dumps(dataclasses.asdict(cfg), indent=2)}")
+    ranks.barrier()  # no rank reads a resume state rank 0 is deleting
+    if ranks.is_main:
+        print(f"[ranker] config ({ns.config or 'defaults'}):\n{json.dumps(dataclasses.asdict(cfg), indent=2)}")
 
     data = load_processed(cfg.dataset)
-    with MetricsLog(log_dir / "metrics.jsonl", append=resume_path.exists()) as mlog:
+    with MetricsLog(log_dir / "metrics.jsonl", append=resume_path.exists(), enabled=ranks.is_main) as mlog:
         model, history = train_model(cfg, data, resume_path=resume_path, metrics_log=mlog, progress=True)
+        if not ranks.is_main:  # the other ranks' work ends with training: rank 0 tests and writes
+            return None
         train_s = time.time() - started
         evaluated = [h for h in history if "valid/full_masked/ndcg@10" in h]
         best = max(evaluated, key=lambda h: h["valid/full_masked/ndcg@10"])

@@ -26,9 +26,9 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from ..common import atomic
+from ..common import atomic, distributed
 from ..common.device import resolve_device
-from ..common.seeding import rng_state, seed_everything, set_rng_state
+from ..common.seeding import rank_seed, rng_state, seed_everything, set_rng_state
 from . import data as D
 from . import losses as L
 from .evaluate import evaluate
@@ -69,7 +69,8 @@ class SASRecTrainConfig(SASRecHyper):
         "help": "gbce: calibration t in [0, 1]; beta = 1 - t(1 - n_negatives/(N-1)); 0: plain BCE (gSASRec: 0.75)"})
     lr: float = 1e-3
     weight_decay: float = 0.0
-    batch_size: int = 128
+    batch_size: int = dataclasses.field(default=128, metadata={
+        "help": "training windows per step (accelerate launch: the global batch, split over the ranks)"})
     epochs: int = 200
     patience: int = dataclasses.field(default=10, metadata={"help": "evaluations without val improvement"})
     window_stride: int = dataclasses.field(default=0, metadata={"help": "training window step (0: max_len)"})
@@ -158,9 +159,16 @@ def train_model(cfg: SASRecTrainConfig, data, *, resume_path: str | Path | None 
 
     ``stop_after_epoch`` returns right after that epoch's resume state is written (simulates a kill,
     for tests). ``metrics_log`` (a ``MetricsLog``) receives one row per epoch.
+
+    Data parallel (``accelerate launch``, :mod:`~..common.distributed`): every rank draws the same global
+    batches (``batch_size`` windows, the same generator) and negatives, trains on its contiguous part of each,
+    and the gradients are summed over ranks with each rank's loss weighted by its share of the batch's
+    positions, so the step is the one-process step on the global batch (dropout masks are each rank's own).
+    Rank 0 evaluates and broadcasts the validation metrics, and alone writes the resume state.
     """
-    device = resolve_device(cfg.device)
-    seed_everything(cfg.seed)
+    ranks = distributed.init(cfg.device)
+    device = resolve_device(ranks.device_name(cfg.device))
+    seed_everything(rank_seed(cfg.seed, ranks.rank))  # the global RNG is dropout's: each rank its own masks
     win = D.train_windows(data.sequences("train"), cfg.max_len, cfg.window_stride or None)
     user_items = D.item_mask(data.sequences("train"), data.n_items) if cfg.loss == "bce" else None
     sampler = L.negative_sampler(cfg.negatives, data.n_items, data.sequences("train"), device) \
@@ -170,6 +178,7 @@ def train_model(cfg: SASRecTrainConfig, data, *, resume_path: str | Path | None 
     inputs, targets = win.inputs.to(device), win.targets.to(device)
 
     model = SASRec(cfg.model_config(data.n_items)).to(device)
+    ranks.broadcast_tensors(list(model.parameters()) + list(model.buffers()))  # DDP's start: rank 0's init
     # Adam with β2 = 0.98 as in the paper (§IV-D); AdamW so weight_decay, when set, is decoupled
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed)  # batch order and every loss's negatives
@@ -189,7 +198,8 @@ def train_model(cfg: SASRecTrainConfig, data, *, resume_path: str | Path | None 
             model.load_state_dict(st["model"])
             opt.load_state_dict(st["optimizer"])
             gen.set_state(st["generator"])
-            set_rng_state(st["rng"])
+            rngs = st.get("rank_rng") or [st["rng"]]  # every rank's dropout stream (data parallel)
+            set_rng_state(rngs[ranks.rank] if len(rngs) == ranks.world else st["rng"])
             start_epoch, best_metric, best_epoch = st["epoch"] + 1, st["best_metric"], st["best_epoch"]
             bad_evals, best_state, history = st["bad_evals"], st["best_state"], st["history"]
             log.info("resumed from %s at epoch %d (best val ndcg@10 %.4f at epoch %d)", resume_path,
@@ -204,7 +214,7 @@ def train_model(cfg: SASRecTrainConfig, data, *, resume_path: str | Path | None 
         t0 = time.time()
         total, count = 0.0, 0
         it = D.batches(n, cfg.batch_size, gen)
-        if progress:
+        if progress and ranks.is_main:
             from tqdm import tqdm
             it = tqdm(it, total=(n + cfg.batch_size - 1) // cfg.batch_size, desc=f"epoch {epoch}", leave=False)
         for idx in it:
@@ -214,22 +224,29 @@ def train_model(cfg: SASRecTrainConfig, data, *, resume_path: str | Path | None 
                 neg = D.sample_train_negatives(y.cpu(), user_items[win.users[idx]], gen).to(device)
             elif sampler is not None:
                 neg = sampler.sample(cfg.n_negatives, gen).to(device)  # one draw shared by the batch
+            if ranks.world > 1:  # DDP: this rank's part of the global batch (and of its per-position negatives)
+                part = ranks.shard(len(idx))
+                x, y, neg = x[part], y[part], (neg[part] if cfg.loss == "bce" else neg)
             loss = sequence_loss(model, x, y, cfg.loss, neg, log_q=sampler.log_q if sampler else None, beta=beta,
-                                 ce_chunk_items=cfg.ce_chunk_items)
+                                 ce_chunk_items=cfg.ce_chunk_items) if len(y) else None
+            loss, batch_loss = ranks.global_mean(loss, int((y > 0).sum()))  # one process: (loss, float(loss))
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            if loss is not None:
+                loss.backward()
+            ranks.sum_grads(model.parameters())  # DDP's all-reduce (nothing in one process)
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
-            total += float(loss.detach()) * len(idx)
+            total += batch_loss * len(idx)
             count += len(idx)
         row: dict[str, Any] = {"epoch": epoch, "train/loss": total / count, "charts/epoch_s": time.time() - t0}
 
         # ---- selection on validation (full ranking, seen masked) ----
         if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
             t1 = time.time()
-            res = evaluate(model, data, "valid", batch_size=cfg.eval_batch_size, protocols=("full_masked",))
-            m = res["metrics"]["full_masked"]
+            res = evaluate(model, data, "valid", batch_size=cfg.eval_batch_size, protocols=("full_masked",)) \
+                if ranks.is_main else None  # data parallel: rank 0 evaluates, every rank selects on its numbers
+            m = ranks.broadcast(res and res["metrics"]["full_masked"])
             row.update({"valid/full_masked/ndcg@10": m["ndcg@10"], "valid/full_masked/hr@10": m["hr@10"],
                         "charts/eval_s": time.time() - t1})
             if m["ndcg@10"] > best_metric:
@@ -245,8 +262,10 @@ def train_model(cfg: SASRecTrainConfig, data, *, resume_path: str | Path | None 
         if on_epoch is not None:
             on_epoch(row)
         if resume_path is not None:
-            atomic.save_torch(resume_path, _state(model, opt, gen, epoch, best_state, best_metric, best_epoch,
-                                                  bad_evals, history, cfg))
+            more = {"rank_rng": ranks.gather(rng_state())} if ranks.world > 1 else {}  # collective: every rank
+            if ranks.is_main:
+                atomic.save_torch(resume_path, {**_state(model, opt, gen, epoch, best_state, best_metric, best_epoch,
+                                                         bad_evals, history, cfg), **more})
         if stop_after_epoch is not None and epoch >= stop_after_epoch:
             return model, history
 

@@ -21,7 +21,9 @@ MODES = ("shielded", "no_projection", "frozen")
 class PPOSettings:
     """The PPO loop's settings (DESIGN.md §4.2)."""
 
-    ppo_batch: int = F(default=8, metadata={"help": "explanations per PPO iteration (a multiple of group_size)"})
+    ppo_batch: int = F(default=8, metadata={
+        "help": "explanations per PPO iteration: the global batch, over all processes (accelerate launch: each of "
+                "the N ranks generates ppo_batch / N); a multiple of group_size × N"})
     sim_batch: int = F(default=4, metadata={
         "help": "explanations generated (and scored) at a time, rounded down to whole groups (at least one)"})
     group_size: int = F(default=4, metadata={"help": "samples per (user, item) prompt: the group of rloo/grpo"})
@@ -32,8 +34,10 @@ class PPOSettings:
         "choices": list(REWARDS), "help": "what PPO maximises: the simulator's click (expected or sampled, "
                                           "--sim_reward) or the explanation quality q alone; CTR is reported either way"})
     epochs: int = F(default=2, metadata={"help": "PPO epochs over each batch"})
-    micro_batch_size: int = F(default=2, metadata={"help": "explanations per forward/backward"})
-    grad_accum: int = F(default=2, metadata={"help": "micro-batches per optimizer step"})
+    micro_batch_size: int = F(default=2, metadata={"help": "explanations per forward/backward (per rank)"})
+    grad_accum: int = F(default=2, metadata={
+        "help": "micro-batches per optimizer step, per rank: a step's mini-batch is micro_batch_size × grad_accum "
+                "× the number of ranks"})
     lr: float = F(default=1e-4, metadata={"help": "AdamW learning rate of LoRA and bridge"})
     value_lr: float = F(default=1e-4, metadata={"help": "AdamW learning rate of the value head (gae only)"})
     store_lr: float = F(default=1e-3, metadata={"help": "AdamW learning rate of the shared store E"})
@@ -135,11 +139,16 @@ class RecRLConfig(PPOSettings):
     seed: int = F(default=0, metadata={"help": "seeds users, sampling, the simulator's ζ_u and clicks"})
     threads: int = F(default=0, metadata={"help": "torch CPU threads (0: torch's default)"})
     n_samples: int = F(default=2, metadata={"help": "explanations logged per step"})
+    rank_check_every: int = F(default=10, metadata={
+        "help": "data-parallel runs: steps between checks that the store E and the policy are bit-identical "
+                "on every rank (a checksum gathered from each; also at the end; a difference stops the run)"})
 
     def __post_init__(self):
         super().__post_init__()
         if self.explanation_max_len >= self.max_seq_len_explainer:
             raise ValueError("explanation_max_len must be below max_seq_len_explainer")
+        if self.rank_check_every < 1:
+            raise ValueError(f"rank_check_every must be ≥ 1; found {self.rank_check_every}")
         if self.monitor_users < 0:
             raise ValueError(f"monitor_users must be ≥ 0 (0: all users); found {self.monitor_users}")
         if not 0.0 <= self.w_faithfulness < 1.0:

@@ -42,6 +42,14 @@ old and new log-probs agree exactly at the first epoch (TRL does the same for PP
 
 A non-finite loss or gradient norm skips that optimizer step with a warning instead of corrupting the
 weights.
+
+**Data parallel** (``ranks``, :mod:`~..common.distributed`; ``accelerate launch``): ``ppo_batch`` is the
+global batch. Each rank generates and scores ``ppo_batch / N`` explanations (whole groups) from its own
+seeded generator and computes its group advantages locally (``gae``: the whitening statistics and the
+value head's start are global). Every optimizer step's mini-batch is ``micro_batch_size × grad_accum``
+rows *per rank*; each rank weights its token losses by the global mini-batch's token count and the
+gradients are summed over ranks before clipping, so every rank takes the step one process would take on
+the union of the ranks' mini-batches, and the shield after it keeps ``E`` bit-identical on every rank.
 """
 
 from __future__ import annotations
@@ -55,6 +63,7 @@ from typing import Callable, NamedTuple, Sequence
 import torch
 from torch import nn
 
+from ..common.distributed import SINGLE, Ranks
 from ..explainer.generation import generate, sequence_logprobs
 from ..explainer.policy import Explainer
 from ..explainer.prompts import shown_history
@@ -141,12 +150,17 @@ class PPOTrainer:
 
     ``sample_pairs(n, generator) → (users (n,), items (n,), examples)`` picks who is shown what;
     ``reward_fn`` scores the texts. The optimizer has three groups: policy (LoRA + bridge), value head,
-    store (``store_lr``, no weight decay; absent in frozen mode).
+    store (``store_lr``, no weight decay; absent in frozen mode). ``ranks``: the data-parallel group
+    (default: one process); every rank starts from rank 0's trainable tensors.
     """
 
     def __init__(self, explainer: Explainer, shield: Shield | None, settings: PPOSettings,
-                 sample_pairs: Callable, reward_fn: RewardFn, value_head: ValueHead | None = None):
-        self.x, self.shield, self.s = explainer, shield, settings
+                 sample_pairs: Callable, reward_fn: RewardFn, value_head: ValueHead | None = None,
+                 ranks: Ranks = SINGLE):
+        if settings.ppo_batch % (settings.group_size * ranks.world):
+            raise ValueError(f"ppo_batch ({settings.ppo_batch}) must be a multiple of group_size × ranks "
+                             f"({settings.group_size} × {ranks.world}): each rank takes whole groups")
+        self.x, self.shield, self.s, self.ranks = explainer, shield, settings, ranks
         self.sample_pairs, self.reward_fn = sample_pairs, reward_fn
         model = explainer.model
         self.value_head = value_head or ValueHead(model.config.hidden_size, settings.value_hidden)
@@ -160,6 +174,8 @@ class PPOTrainer:
         if store_trains:
             groups.append({"params": [self.store], "lr": settings.store_lr, "weight_decay": 0.0})
         self.opt = torch.optim.AdamW(groups)
+        # DDP's start: rank 0's weights everywhere (the value head's random init differs per rank)
+        ranks.broadcast_tensors(self._all_params() + list(self.value_head.buffers()))
         # the warm-start (reference) policy's trainable tensors, swapped in for the reference pass
         self.ref_state = [p.detach().clone() for p in self._ref_params()]
         self._hidden: torch.Tensor | None = None
@@ -226,7 +242,7 @@ class PPOTrainer:
         s = self.s
         G = s.group_size
         parts = []
-        n_left = s.ppo_batch // G  # prompts
+        n_left = s.ppo_batch // G // self.ranks.world  # prompts: this rank's share of the global batch
         while n_left > 0:
             n = min(s.prompts_per_chunk, n_left)
             users, items, examples = self.sample_pairs(n, generator)
@@ -269,10 +285,12 @@ class PPOTrainer:
         reward, ctr = torch.cat([p[9] for p in parts]), torch.cat([p[10] for p in parts])
         texts = [t for p in parts for t in p[11]]
         if s.advantage == "gae" and not bool(self.value_head.started):
-            self.value_head.start_at(float(reward.mean()))  # METHOD: the critic starts at the reward's level
-            values = (values + float(reward.mean())) * mask
+            start = self.ranks.sum(float(reward.mean())) / self.ranks.world  # the global batch's mean
+            self.value_head.start_at(start)  # METHOD: the critic starts at the reward's level
+            values = (values + start) * mask
         adv, returns, kl = P.advantages(s.advantage, reward, old_logp, ref_logp, values, mask, kl_beta=s.kl_beta,
-                                        kl_kind=s.kl_kind, group_size=G, gamma=s.gamma, lam=s.lam)
+                                        kl_kind=s.kl_kind, group_size=G, gamma=s.gamma, lam=s.lam,
+                                        total=self.ranks.sum_tensor if self.ranks.world > 1 else None)
         return Rollout(ex, pr, users, items, ids, mask, old_logp, ref_logp, values, adv, returns, kl, reward, ctr,
                      texts)
 
@@ -313,7 +331,7 @@ class PPOTrainer:
                 idx = order[start:start + mb]
                 self.opt.zero_grad(set_to_none=True)
                 finite = True
-                n_tok = float(b.response_mask[idx].sum())
+                n_tok = self.ranks.sum(float(b.response_mask[idx].sum()))  # the global mini-batch's tokens
                 for ms in range(0, len(idx), s.micro_batch_size):
                     j = idx[ms:ms + s.micro_batch_size]
                     T = int(b.response_mask[j].sum(1).max())  # trim the micro-batch's common padding
@@ -341,7 +359,9 @@ class PPOTrainer:
                     for k, val in (("pg_loss", pl.loss), ("vf_loss", vl), ("clip_frac", pl.clip_frac),
                                    ("approx_kl", pl.approx_kl), ("vf_clip_frac", vclip)):
                         stats[k].append(float(val.detach()))
+                finite = self.ranks.all_true(finite)  # one rank's non-finite loss skips the step on every rank
                 if finite:
+                    self.ranks.sum_grads(self._all_params())  # DDP: Σ over ranks = the global mini-batch's gradient
                     gn = torch.nn.utils.clip_grad_norm_(self._all_params(), s.grad_clip)  # Huang et al. #11
                     finite = bool(torch.isfinite(gn))
                     stats["grad_norm"].append(float(gn))
@@ -388,4 +408,5 @@ class PPOTrainer:
         }
         if self.shield is not None:
             metrics.update(self.shield.stats())
-        return metrics, b
+        # over ranks: means of equal shares (= the global batch's means), throughput summed
+        return self.ranks.reduce_metrics(metrics, sums=("charts/tokens_per_s",)), b

@@ -23,7 +23,7 @@ Sources:
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import torch
 
@@ -47,13 +47,21 @@ def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> to
     return var
 
 
-def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
+def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8,
+           total: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """(B, T) → (B, T): ``(x − mean) / sqrt(var + eps)`` over masked positions; padding set to 0.
 
     Advantage normalisation (Huang et al. 2022, detail #7). With ``shift_mean=False`` only the scale
-    changes (TRL whitens rewards that way). The variance is Bessel-corrected.
+    changes (TRL whitens rewards that way). The variance is Bessel-corrected. ``total`` (data parallel:
+    the sum over ranks) makes mean and variance those of every rank's positions together.
     """
-    mean, var = masked_mean(x, mask), masked_var(x, mask)
+    if total is None:
+        mean, var = masked_mean(x, mask), masked_var(x, mask)
+    else:
+        m = mask.to(x.dtype)
+        n, sx = total(torch.stack([m.sum(), (x * m).sum()]))
+        mean = sx / n.clamp_min(1.0)
+        var = total(((x - mean) ** 2 * m).sum()) / n.clamp_min(1.0) * n / (n - 1).clamp_min(1.0)
     out = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         out = out + mean
@@ -217,7 +225,8 @@ def sequence_kl(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor, 
 
 def advantages(kind: str, score: torch.Tensor, logp: torch.Tensor, ref_logp: torch.Tensor, values: torch.Tensor,
                mask: torch.Tensor, *, kl_beta: float, kl_kind: str = "k1", group_size: int = 1, gamma: float = 1.0,
-               lam: float = 0.95) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+               lam: float = 0.95, total: Callable[[torch.Tensor], torch.Tensor] | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Token advantages of one PPO batch → ``(advantages, returns, kl)``, each (B, T), 0 on padding.
 
     ``score`` (B,) the reward of each response (rows grouped by prompt for ``rloo``/``grpo``); ``kl`` is the
@@ -227,14 +236,16 @@ def advantages(kind: str, score: torch.Tensor, logp: torch.Tensor, ref_logp: tor
       (:func:`group_advantages`) and every response token carries that advantage; ``returns`` is 0 (no
       critic).
     - ``gae``: per-token rewards (:func:`per_token_rewards`), :func:`gae` on ``values``, then
-      :func:`whiten` over the batch's tokens.
+      :func:`whiten` over the batch's tokens (``total``: the sum over data-parallel ranks, so the batch is
+      every rank's; group advantages are per prompt and need no such sum).
     """
     m = mask.to(logp.dtype)
     if kind == "gae":
         rewards, kl = per_token_rewards(score, logp, ref_logp, mask, kl_beta, kl_kind)
         adv, returns = gae(rewards, values, mask, gamma, lam)  # METHOD: GAE (Schulman et al. 2016)
-        if int(mask.sum()) >= 2:
-            adv = whiten(adv, mask)  # METHOD: advantage whitening (Huang et al. 2022 #7)
+        n_tok = int(mask.sum()) if total is None else int(total(mask.sum().double()))
+        if n_tok >= 2:
+            adv = whiten(adv, mask, total=total)  # METHOD: advantage whitening (Huang et al. 2022 #7)
         return adv, returns, kl
     kl = kl_penalty(logp, ref_logp, kl_kind) * m
     # METHOD: KL to the warm start in the sequence reward, then the group baseline, broadcast over tokens
