@@ -351,7 +351,7 @@ def test_resume_keeps_the_guard_on_E0_the_click_stream_and_rollback_restores_the
         assert [r[key] for r in rows["a"]] == pytest.approx([r[key] for r in rows["b"]], rel=1e-6, abs=1e-9), key
     assert len({r["monitor/val_ndcg@10_orig"] for r in rows["a"]}) == 1  # one reference: E0
     if sampled:  # the fixed validation panel: the same pairs, paired against the warm start, resumed or not
-        for key in ("panel/dq", "panel/dq_se", "panel/dctr_pp"):
+        for key in ("panel/dq", "panel/dq_se", "panel/dctr_pp", "panel/dfaith1_pts", "panel/dfaith1_pts_se"):
             got = {t: [r[key] for r in rows[t] if key in r] for t in ("a", "b")}
             assert len(got["b"]) == 2 and got["a"] == pytest.approx(got["b"], abs=1e-9), key
         assert [r["step"] for r in rows["b"] if "panel/dq" in r] == [2, 4]

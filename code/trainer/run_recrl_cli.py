@@ -22,13 +22,13 @@ from typing import NamedTuple
 
 import torch
 
-from shielded_recrl.common import atomic
+from shielded_recrl.common import atomic, distributed
 from shielded_recrl.common.configs import parse_config, to_dict
 from shielded_recrl.common.device import prepare_runtime
 from shielded_recrl.common.errors import InputError, run_cli
 from shielded_recrl.common.logs import MetricsLog, read_metrics, setup_logging
 from shielded_recrl.common.paths import checkpoints_dir, logs_dir, portable_path, resolve_user_path
-from shielded_recrl.common.seeding import rng_state, set_rng_state, torch_generator
+from shielded_recrl.common.seeding import rank_seed, rng_state, seed_everything, set_rng_state, torch_generator
 from shielded_recrl.dataset.processed import load_processed
 from shielded_recrl.eval.ranking_drift import drift_report, paired_diff, reference_scores
 from shielded_recrl.explainer.checkpoint import read_info
@@ -45,6 +45,7 @@ from shielded_recrl.trainer.simulator import SimulatorConfig, UserSimulator
 
 log = logging.getLogger("recrl")
 MODE_FIX = "Pass exactly one of --projection_basis FILE (shielded), --no_projection or --freeze_store."
+STREAMS = ("rng", "generator", "click_generator")  # one rank's random streams in a checkpoint's state.pt
 
 
 def parse(argv=None) -> RecRLConfig:
@@ -67,6 +68,20 @@ def check(cfg: RecRLConfig) -> None:
     if cfg.max_new_tokens > cfg.explanation_max_len:
         raise InputError("--max_new_tokens", f"at most --explanation_max_len ({cfg.explanation_max_len})",
                          str(cfg.max_new_tokens), "Lower --max_new_tokens or raise --explanation_max_len.")
+    check_data_parallel(cfg)
+
+
+def check_data_parallel(cfg: RecRLConfig) -> None:
+    """Under ``accelerate launch``: refuse parameter sharding (ZeRO-3/FSDP: the shield needs E whole) and a
+    global batch that does not split into whole groups, the same number on every rank."""
+    distributed.check_launch()
+    n = distributed.world_size()
+    unit = n * cfg.group_size
+    if n > 1 and cfg.ppo_batch % unit:
+        raise InputError("--ppo_batch", f"a multiple of processes × --group_size ({n} × {cfg.group_size} = {unit}): "
+                         "the global batch is split into whole groups, the same number on every rank",
+                         str(cfg.ppo_batch), f"Use --ppo_batch {(cfg.ppo_batch // unit + 1) * unit} (or a multiple of "
+                         f"{unit}), or launch a number of processes that divides {cfg.ppo_batch // cfg.group_size}.")
 
 
 # --- setup -------------------------------------------------------------------------------------------
@@ -123,14 +138,16 @@ def make_panel(sim: UserSimulator, histories, n: int, seed: int) -> list[Example
 
 
 @torch.no_grad()
-def panel_scores(trainer: PPOTrainer, sim: UserSimulator, panel: list[Example]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(q, click probability) of greedy explanations of the panel under the trainer's current policy (the
-    bridge reads the current store)."""
+def panel_scores(trainer: PPOTrainer, sim: UserSimulator, panel: list[Example]) -> tuple[torch.Tensor, ...]:
+    """(q, click probability, faithfulness@1) of greedy explanations of the panel under the trainer's
+    current policy (the bridge reads the current store); faithfulness@1 to the ranker's leave-one-out
+    reasons on the original store (``sim.reasons``; docs/faithfulness.md), whatever ``w_faithfulness``."""
+    from shielded_recrl.eval.faithfulness import faithfulness_at_k, named_shown_items
     from shielded_recrl.explainer.generation import generate
     from shielded_recrl.explainer.prompts import shown_history
 
     x, s = trainer.x, trainer.s
-    qs, ps = [], []
+    qs, ps, fs = [], [], []
     for a in range(0, len(panel), max(1, s.sim_batch)):
         exs = panel[a:a + max(1, s.sim_batch)]
         prompts = [x.prompt(e) for e in exs]
@@ -140,14 +157,20 @@ def panel_scores(trainer: PPOTrainer, sim: UserSimulator, panel: list[Example]) 
         shown = [shown_history(e.history, q.n_history) for e, q in zip(exs, prompts)]
         p, qual = sim.click_prob(torch.tensor([e.user_id for e in exs]), torch.tensor([e.item_id for e in exs]),
                                  out.texts, shown)
+        attr = sim.reasons([e.history for e in exs], [e.item_id for e in exs], shown)
+        named = named_shown_items(sim.quality.titles, out.texts, shown)
+        fs.append(torch.as_tensor(faithfulness_at_k(named, attr.items, attr.contributions, k=1).hit,
+                                  dtype=torch.float64))
         qs.append(torch.as_tensor(qual.q, dtype=torch.float64)), ps.append(p.double())
-    return torch.cat(qs), torch.cat(ps)
+    return torch.cat(qs), torch.cat(ps), torch.cat(fs)
 
 
-def panel_metrics(now: tuple[torch.Tensor, torch.Tensor], warm: tuple[torch.Tensor, torch.Tensor]) -> dict:
-    """Paired differences policy − warm start on the panel's pairs (mean, paired SE)."""
+def panel_metrics(now: tuple[torch.Tensor, ...], warm: tuple[torch.Tensor, ...]) -> dict:
+    """Paired differences policy − warm start on the panel's pairs (mean, paired SE): q, CTR and
+    faithfulness@1 (both in points)."""
     out = {}
-    for name, a, b, scale in (("q", now[0], warm[0], 1.0), ("ctr_pp", now[1], warm[1], 100.0)):
+    for name, a, b, scale in (("q", now[0], warm[0], 1.0), ("ctr_pp", now[1], warm[1], 100.0),
+                              ("faith1_pts", now[2], warm[2], 100.0)):
         d = paired_diff(b, a)
         out.update({f"panel/{name}": d.mean_b * scale, f"panel/d{name}": d.diff * scale,
                     f"panel/d{name}_se": d.se * scale})
@@ -191,6 +214,7 @@ def load_step(folder: Path, cfg: RecRLConfig, trainer: PPOTrainer, sim: UserSimu
         log.warning("resuming with a config that differs from the checkpoint's: %s", diff)
     run_folder.load_policy(ckpt, trainer.x, trainer.value_head)
     state = ckpt.state()
+    state = {**state, **rank_streams(state, trainer.ranks, cfg)}  # this rank's generators
     sh = trainer.shield
     with torch.no_grad():
         sh.param.copy_(ckpt.store(sh.E0, state))
@@ -199,6 +223,28 @@ def load_step(folder: Path, cfg: RecRLConfig, trainer: PPOTrainer, sim: UserSimu
     set_rng_state(state["rng"])
     sim.click_generator.set_state(state["click_generator"])
     return state
+
+
+def rank_streams(state: dict, ranks: distributed.Ranks, cfg: RecRLConfig) -> dict:
+    """This rank's random streams (:data:`STREAMS`) in a checkpoint's state: rank 0's are the top-level keys
+    (all that a one-process checkpoint has), every rank's are under ``ranks``. Resumed on another number of
+    processes, a rank the checkpoint has no streams for gets fresh ones (seeded from seed, rank and step)."""
+    saved = state.get("ranks") or [{k: state[k] for k in STREAMS}]
+    if len(saved) != ranks.world:
+        log.warning("the checkpoint was written by %d process(es) and resumes on %d: the run is not the one an "
+                    "uninterrupted run on either would have made", len(saved), ranks.world)
+    if ranks.rank < len(saved):
+        return saved[ranks.rank]
+    seed = rank_seed(cfg.seed, ranks.rank, int(state["step"]))
+    seed_everything(seed)
+    return {"rng": rng_state(), "generator": torch_generator(seed).get_state(),
+            "click_generator": torch_generator(seed + 1).get_state()}
+
+
+def shared_tensors(trainer: PPOTrainer) -> dict:
+    """What data parallelism keeps bit-identical on every rank (checked: ``Ranks.check_identical``)."""
+    return {"store E": trainer.shield.param, "policy (LoRA, bridge)": trainer.policy_params,
+            "value head": list(trainer.value_head.parameters())}
 
 
 # --- the stage ---------------------------------------------------------------------------------------
@@ -220,8 +266,12 @@ class Built(NamedTuple):
 
 def build(cfg: RecRLConfig, reward_fn=None) -> Built:
     """The run's runtime (seeds, device), data, ranker, shield, explainer, simulator, fixed panel and
-    trainer, before any step. ``reward_fn`` replaces the simulator's reward (tests, benchmarks)."""
-    device, dtype = prepare_runtime(seed=cfg.seed, device=cfg.device, dtype=cfg.dtype, threads=cfg.threads)
+    trainer, before any step. ``reward_fn`` replaces the simulator's reward (tests, benchmarks). Under
+    ``accelerate launch`` every rank builds the same run on its own device; its torch seed (generation) and
+    click stream are its own (rank 0's are the one-process run's)."""
+    ranks = distributed.init(cfg.device)
+    device, dtype = prepare_runtime(seed=rank_seed(cfg.seed, ranks.rank), device=ranks.device_name(cfg.device),
+                                    dtype=cfg.dtype, threads=cfg.threads)
 
     data = load_processed(cfg.dataset)
     ranker_path = resolve_user_path(cfg.ranker_ckpt) if cfg.ranker_ckpt else checkpoints_dir() / f"sasrec_{cfg.dataset}.pt"
@@ -252,6 +302,8 @@ def build(cfg: RecRLConfig, reward_fn=None) -> Built:
     reasons = functools.partial(shown_attribution, ranker, item_table=shield.E0.detach().clone())
     sim = UserSimulator.from_ranker(ranker, histories, quality, SimulatorConfig(
         slate_size=cfg.slate_size, reward=cfg.sim_reward, z_over=cfg.z_over, seed=cfg.seed), reasons=reasons)
+    if ranks.world > 1:  # the same users' ζ_u on every rank, but each rank draws its own clicks
+        sim.click_generator.manual_seed(rank_seed(cfg.seed + 1, ranks.rank))
     if cfg.panel_users > 0 and reward_fn is not None:
         raise InputError("--panel_users", "the simulator's reward (the panel scores q and CTR with it)",
                          "a replaced reward function", "Run the panel with the simulator.")
@@ -259,31 +311,39 @@ def build(cfg: RecRLConfig, reward_fn=None) -> Built:
     trainer = PPOTrainer(explainer, shield, ppo_settings(cfg),
                          make_pair_sampler(sim, histories, {e.user_id for e in panel}),
                          reward_fn or simulator_reward(sim, cfg.reward),
-                         ValueHead(explainer.model.config.hidden_size, cfg.value_hidden))
+                         ValueHead(explainer.model.config.hidden_size, cfg.value_hidden), ranks=ranks)
     return Built(data, ranker, shield, shield_info, explainer, histories, sim, panel, trainer, resolved, device)
 
 
 def run(cfg: RecRLConfig, reward_fn=None) -> dict:
-    """``reward_fn`` replaces the simulator's reward (tests); the simulator still picks users and slates."""
+    """``reward_fn`` replaces the simulator's reward (tests); the simulator still picks users and slates.
+    Under ``accelerate launch`` every rank runs this; rank 0 alone writes logs, metrics and checkpoints."""
     check(cfg)
     started = time.time()
+    ranks = distributed.init(cfg.device)  # one process, or this rank of an `accelerate launch`
     log_dir = logs_dir() / cfg.dataset / cfg.tag
-    setup_logging(log_dir / "train.log")
+    setup_logging(log_dir / "train.log" if ranks.is_main else None, logging.INFO if ranks.is_main else logging.WARNING)
     log.info("config (mode %s): %s", cfg.mode, json.dumps(to_dict(cfg)))
+    if ranks.world > 1:
+        log.info("data parallel: %d ranks (%s), %d explanations each of the global batch %d", ranks.world,
+                 ranks.backend, cfg.ppo_batch // ranks.world, cfg.ppo_batch)
     data, ranker, shield, shield_info, explainer, histories, sim, panel, trainer, resolved, device = \
         build(cfg, reward_fn)
     # METHOD: the drift guard compares with the original store E0 — computed before a resume puts the
     # checkpoint's store in place, so a resumed run keeps measuring drift since E0, not since the resume
     guard = cfg.monitor_every > 0
     monitor_rows = sample_users(data.n_users, cfg.monitor_users, cfg.seed)  # a fixed sample (None: all users)
-    ref = reference_scores(ranker, data, "valid", item_table=shield.E0, users=monitor_rows) if guard else None
-    if guard:
+    # only rank 0 checks drift (its verdict is broadcast), so only rank 0 holds the reference
+    ref = reference_scores(ranker, data, "valid", item_table=shield.E0, users=monitor_rows) \
+        if guard and ranks.is_main else None
+    if ref is not None:
         log.info("drift guard: every %d steps on %d of %d validation users (seed %d); original NDCG@10 %.4f",
                  cfg.monitor_every, len(ref["users"]), data.n_users, cfg.seed, float(ref["ndcg"].mean()))
 
-    gen = torch_generator(cfg.seed)
+    gen = torch_generator(rank_seed(cfg.seed, ranks.rank))  # each rank draws its own users and slate items
     step, good = 0, trainer.snapshot()
-    resume_from = find_resume(cfg)
+    resume_from = ranks.broadcast(find_resume(cfg))  # rank 0's choice for all (every rank checks it: a bad
+    # --resume fails on every rank instead of leaving the others waiting)
     if resume_from is not None:
         state = load_step(resume_from, cfg, trainer, sim)
         step = int(state["step"])
@@ -292,7 +352,8 @@ def run(cfg: RecRLConfig, reward_fn=None) -> dict:
         log.info("resumed from %s at step %d", resume_from, step)
 
     guard_active = guard and cfg.mode != "no_projection"  # the ablation's drift stays visible
-    if panel:  # the warm start's panel texts: the reference weights are exactly the warm start, resumed or not
+    if panel and ranks.is_main:  # the warm start's panel texts (the reference weights are exactly the warm
+        # start, resumed or not); the panel runs on rank 0 and its metrics are broadcast
         with trainer.reference_weights():
             warm_panel = panel_scores(trainer, sim, panel)
         log.info("panel: %d validation pairs; warm start q %.4f, CTR %.4f", len(panel),
@@ -302,12 +363,13 @@ def run(cfg: RecRLConfig, reward_fn=None) -> dict:
     best_dq = state.get("best_panel_dq", -float("inf")) if resume_from is not None else -float("inf")
     metrics_path = log_dir / "metrics.jsonl"
     stop_reason = "max_steps"
-    with MetricsLog(metrics_path, append=resume_from is not None, tensorboard=True) as mlog:
+    with MetricsLog(metrics_path, append=resume_from is not None, tensorboard=True, enabled=ranks.is_main) as mlog:
         while step < cfg.max_steps:
-            metrics, batch = trainer.step(gen)
+            metrics, batch = trainer.step(gen)  # metrics reduced over ranks
             step += 1
-            metrics["charts/peak_memory_mb"] = _peak_mb(device)
-            if guard and step % cfg.monitor_every == 0:
+            metrics["charts/peak_memory_mb"] = ranks.max(_peak_mb(device))
+            verdict = None  # the drift guard's: good | rollback | stop (None: no check, or an ignored trip)
+            if guard and step % cfg.monitor_every == 0 and ranks.is_main:  # rank 0 checks; its verdict is broadcast
                 rep = drift_report(ranker, data, "valid", shield.param.detach(), reference=ref)
                 ndcg_drop = -rep.ndcg.diff / max(rep.ndcg.mean_a, 1e-12)
                 overlap = float(rep.overlap.float().mean())
@@ -319,15 +381,21 @@ def run(cfg: RecRLConfig, reward_fn=None) -> dict:
                     metrics["monitor/guard_tripped"] = 1
                     log.warning("drift guard at step %d: NDCG@10 drop %.3f (max %.3f), overlap %.3f (min %.3f): %s",
                                 step, ndcg_drop, cfg.max_ndcg_drop, overlap, cfg.min_top10_overlap, cfg.drift_action)
-                    if cfg.drift_action == "stop":
-                        stop_reason = "drift_guard"
-                    else:
-                        trainer.restore(good)  # METHOD: policy and store back to the last good check
+                    verdict = "stop" if cfg.drift_action == "stop" else "rollback"
                 elif not tripped:
+                    verdict = "good"
+            if guard and step % cfg.monitor_every == 0:
+                verdict = ranks.broadcast(verdict)  # every rank acts on rank 0's check (they hold the same E)
+                if verdict == "stop":
+                    stop_reason = "drift_guard"
+                elif verdict == "rollback":
+                    trainer.restore(good)  # METHOD: policy and store back to the last good check
+                elif verdict == "good":
                     good = trainer.snapshot()
             on_panel = bool(panel) and step % cfg.panel_every == 0
             if on_panel:  # METHOD: the fixed panel, paired against the warm start (selection on validation)
-                metrics.update(panel_metrics(panel_scores(trainer, sim, panel), warm_panel))
+                metrics.update(ranks.broadcast(panel_metrics(panel_scores(trainer, sim, panel), warm_panel)
+                                               if ranks.is_main else None))
             mlog.log(metrics, step)
             log.info("step %d: reward %.4f ctr %.4f kl %.4f approx_kl %.2e clip %.3f vloss %.4f %.1fs | %s", step,
                      metrics["env/reward"], metrics["env/ctr"], metrics["objective/kl"], metrics["losses/approx_kl"],
@@ -343,13 +411,21 @@ def run(cfg: RecRLConfig, reward_fn=None) -> dict:
                          "rng": rng_state(), "generator": gen.get_state(), "click_generator": sim.click_generator.get_state(),
                          "skipped_steps": trainer.skipped_steps, "good": [t.cpu() for t in good],
                          "best_panel_dq": best_dq}
-                run_folder.save_step(cfg, resolved, step, explainer=explainer, value_head=trainer.value_head,
-                                     state=state, started=started)
+                if ranks.world > 1:  # every rank's streams, so that each resumes its own
+                    state["ranks"] = ranks.gather({k: state[k] for k in STREAMS})
+                if ranks.is_main:  # one writer (atomic, as in one process)
+                    run_folder.save_step(cfg, resolved, step, explainer=explainer, value_head=trainer.value_head,
+                                         state=state, started=started)
+                    if improved:
+                        run_folder.mark_best(cfg, step)
                 if improved:
-                    run_folder.mark_best(cfg, step)
                     best = {"step": step}
+            if ranks.world > 1 and step % cfg.rank_check_every == 0:
+                ranks.check_identical(shared_tensors(trainer), f"step {step}")
             if stop_reason != "max_steps":
                 break
+    ranks.check_identical(shared_tensors(trainer), f"end of the run (step {step})")
+    ranks.barrier()  # rank 0 has closed metrics.jsonl before any rank reads it back
     # The summary covers the whole run, resumed parts included: it is rebuilt from metrics.jsonl (one row
     # per step; a step logged twice because a run died before its checkpoint keeps its last row).
     rows = {r["step"]: r for r in read_metrics(metrics_path) if r.get("step") is not None} \
@@ -364,14 +440,16 @@ def run(cfg: RecRLConfig, reward_fn=None) -> dict:
     panelled = [r for r in rows if "panel/dq" in r]
     if panelled:
         summary.update(panel=[{k: r[k] for k in ("step", "panel/dq", "panel/dq_se", "panel/dctr_pp",
-                                                 "panel/dctr_pp_se")} for r in panelled],
+                                                 "panel/dctr_pp_se", "panel/dfaith1_pts", "panel/dfaith1_pts_se")
+                               if k in r} for r in panelled],
                        best_step=best and best["step"])
     monitored = [r for r in rows if "monitor/val_ndcg@10" in r]
     if monitored:
         m = monitored[-1]
         summary.update(val_ndcg_last=m["monitor/val_ndcg@10"], val_ndcg_orig=m["monitor/val_ndcg@10_orig"],
                        top10_overlap_last=m["monitor/top10_overlap"])
-    atomic.write_json(log_dir / "summary.json", summary)
+    if ranks.is_main:
+        atomic.write_json(log_dir / "summary.json", summary)
     log.info("done: %s", json.dumps(summary, default=str))
     return summary
 
