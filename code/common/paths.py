@@ -80,6 +80,12 @@ def wheels_dir(root: Path | None = None) -> Path:
     return data_dir(root) / "_wheels"
 
 
+def cache_dir(root: Path | None = None) -> Path:
+    """``data/_cache/``: derived data that can be rebuilt from the inputs (git-ignored), e.g. sentence
+    embeddings of item texts keyed by what they were computed from."""
+    return data_dir(root) / "_cache"
+
+
 def checkpoints_dir(root: Path | None = None) -> Path:
     return (root or repo_root()) / "checkpoints"
 

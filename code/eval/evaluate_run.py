@@ -271,7 +271,8 @@ def run(cfg: EvalConfig, force: bool = False) -> dict:
 
     histories = data.sequences("valid")  # seen items, and the ranker's input (all_scores(ranker, data, "test"))
     encoder = load_encoder()
-    quality = QualityScorer(data.items, encoder, QualityConfig().with_faithfulness(run_cfg.w_faithfulness))
+    quality = QualityScorer(data.items, encoder, QualityConfig().with_faithfulness(run_cfg.w_faithfulness),
+                            id_map_sha256=data.id_map_sha256)  # item texts encoded when needed, cached
     judge = load_judge(cfg.threads or None)  # the held-out encoder (never in the reward)
     sim = UserSimulator.from_ranker(ranker, histories, quality,
                                     SimulatorConfig(slate_size=run_cfg.slate_size, z_over=run_cfg.z_over, seed=cfg.seed),

@@ -19,11 +19,18 @@ in float64. Float64 accumulation keeps the energy shares accurate down to the sm
 (squaring σ squares the condition number, which float32 could not afford but float64 can at d ≤ 1024).
 ``torch.linalg.svd`` of the whole stacked matrix gives the same ``V`` up to sign at several times the time
 and memory (checked in tests/test_projection_basis.py).
+
+Batched (DESIGN.md §7, the stage's path: ``run_basis.py`` never holds the U × d user states): the Gram of
+the stacked matrix is the sum of its blocks' normalised Grams, ``MᵀM = Σ_b X_bᵀX_b / rms_b²``, and a
+block's ``rms² = ‖X‖_F² / rows = trace(XᵀX) / rows``, so each block needs only its running ``XᵀX`` and row
+count (:class:`BlockGram`, summed batch by batch): d × d float64 whatever the number of users.
+:func:`basis_from_grams` then gives :func:`compute_basis`'s result (to float64 rounding, ~1e-12).
 """
 
 from __future__ import annotations
 
 import math
+from typing import Iterable, NamedTuple
 
 import torch
 
@@ -56,10 +63,38 @@ def gram_spectrum(M: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Singular values (d,) descending and right singular vectors V (d, d) of ``M`` (n × d), via the Gram
     matrix's eigendecomposition in float64."""
     M = M.double()
-    G = M.T @ M  # METHOD: d × d Gram matrix, O(n d²)
-    lam, V = torch.linalg.eigh(G)  # ascending
+    return gram_eigh(M.T @ M)  # METHOD: d × d Gram matrix, O(n d²)
+
+
+def gram_eigh(G: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`gram_spectrum` from the Gram matrix ``G = MᵀM`` (d × d) itself."""
+    lam, V = torch.linalg.eigh(G.double())  # ascending
     lam, V = lam.flip(0), V.flip(1)
     return lam.clamp_min(0).sqrt(), V
+
+
+class BlockGram(NamedTuple):
+    """One block's ``XᵀX`` (d, d) float64 and its row count: what the block contributes to the Gram of
+    the stacked matrix (see the module docstring)."""
+    gram: torch.Tensor
+    rows: int
+
+    def normalised(self) -> torch.Tensor:
+        """The Gram of :func:`block_normalise` of the block: ``XᵀX / rms²``, ``rms² = trace(XᵀX) / rows``."""
+        rms2 = self.gram.trace() / max(self.rows, 1)
+        return self.gram / rms2.clamp_min(1e-60)  # block_normalise's clamp of rms at 1e-30, squared
+
+
+def block_gram(batches: Iterable[torch.Tensor]) -> BlockGram:
+    """:class:`BlockGram` of the rows of ``batches`` (each (b, d)), summed one batch at a time in float64."""
+    G, rows = None, 0
+    for X in batches:
+        X = X.double()
+        G = X.T @ X if G is None else G.addmm_(X.T, X)
+        rows += X.shape[0]
+    if G is None:
+        raise ValueError("block_gram needs at least one batch of rows")
+    return BlockGram(G, rows)
 
 
 def energy_curve(S: torch.Tensor) -> torch.Tensor:
@@ -81,11 +116,29 @@ def rank_for_energy(S: torch.Tensor, tau: float) -> int:
 def compute_basis(H: torch.Tensor | None, E_items: torch.Tensor | None, energy: float, recipe: str = "both") -> dict:
     """``Q`` (d × r, float32, orthonormal) with its spectrum. ``E_items`` excludes the padding row."""
     M = stack(H, E_items, recipe)
-    S, V = gram_spectrum(M)
+    return _basis(*gram_spectrum(M), energy, recipe)
+
+
+def basis_from_grams(H: BlockGram | None, E_items: BlockGram | None, energy: float, recipe: str = "both") -> dict:
+    """:func:`compute_basis` from the blocks' :class:`BlockGram` (:func:`block_gram`) instead of the blocks."""
+    if recipe not in RECIPES:
+        raise ValueError(f"recipe must be one of {RECIPES}, got {recipe!r}")
+    G = None
+    for name, block, used in (("user states H", H, recipe in ("both", "users")),
+                              ("item vectors E", E_items, recipe in ("both", "items"))):
+        if not used:
+            continue
+        if block is None:
+            raise ValueError(f"recipe {recipe!r} needs {name}")
+        G = block.normalised() if G is None else G + block.normalised()  # METHOD: neither block may dominate
+    return _basis(*gram_eigh(G), energy, recipe)
+
+
+def _basis(S: torch.Tensor, V: torch.Tensor, energy: float, recipe: str) -> dict:
     r = rank_for_energy(S, energy)
     Q = V[:, :r].to(torch.float32)  # eigh's V is orthonormal in float64; the cast keeps QᵀQ = I to ~1e-7
     return {"Q": Q.contiguous(), "singular_values": S.float(), "energy": float(energy), "rank": r,
-            "d": int(M.shape[1]), "recipe": recipe}
+            "d": int(V.shape[0]), "recipe": recipe}
 
 
 def spectrum_summary(S: torch.Tensor, taus=(0.9, 0.95, 0.99, 0.999)) -> dict[str, int]:

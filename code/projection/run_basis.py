@@ -7,6 +7,8 @@
 User states ``h_u`` (last position of each training user's train history) and the item table without
 its padding row are block-normalised, stacked, and decomposed through their d × d Gram matrix
 (``basis.py`` says why); ``Q`` keeps the right singular vectors up to cumulative energy ``--energy``.
+The user states are made ``--batch_size`` users at a time and summed into the users' d × d Gram
+(``basis.block_gram``): the U × d matrix is never held (DESIGN.md §7).
 Writes the basis (weights_only-loadable) and ``basis_<D>.manifest.json`` beside it, and prints the
 spectrum (rank reached at 0.9/0.95/0.99/0.999).
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from typing import Iterator
 
 import torch
 
@@ -28,7 +31,7 @@ from shielded_recrl.common.paths import checkpoints_dir, proc_dir, repo_root, re
 from shielded_recrl.common.seeding import seed_everything
 from shielded_recrl.dataset.processed import load_processed
 from shielded_recrl.projection import artifacts
-from shielded_recrl.projection.basis import RECIPES, compute_basis, energy_curve, spectrum_summary
+from shielded_recrl.projection.basis import RECIPES, basis_from_grams, block_gram, energy_curve, spectrum_summary
 from shielded_recrl.projection.shield import ShieldConfig
 from shielded_recrl.ranker.checkpoint import checkpoint_sha256, load_ranker
 from shielded_recrl.ranker.data import histories
@@ -52,24 +55,31 @@ class BasisConfig:
     recipe: str = dataclasses.field(default="both", metadata={"help": "both | users | items", "choices": RECIPES})
     max_users: int | None = dataclasses.field(default=None, metadata={
         "help": "use a seeded sample of at most this many training users (default: all)"})
-    batch_size: int = 2048
+    batch_size: int = dataclasses.field(default=2048, metadata={
+        "help": "users per forward pass: memory is O(batch_size · max_len · d), the basis does not depend on it"})
     seed: int = 0
     device: str = dataclasses.field(default="auto", metadata={"help": "auto | cpu | cuda"})
 
 
 @torch.no_grad()
-def user_states(model, seqs, max_users: int | None, batch_size: int, seed: int, device) -> torch.Tensor:
-    """``h_u`` (U, d) at the last position of each training user's (last ``max_len``) train items."""
+def user_state_batches(model, seqs, max_users: int | None, batch_size: int, seed: int, device
+                       ) -> Iterator[torch.Tensor]:
+    """``h_u`` (B, d), float32 on CPU, ``batch_size`` users at a time: the state at the last position of
+    each training user's (last ``max_len``) train items; users with no train item are skipped, and
+    ``max_users`` keeps a seeded sample (in user order)."""
     seqs = [s for s in seqs if len(s) > 0]
     if max_users is not None and len(seqs) > max_users:
         g = torch.Generator().manual_seed(seed)
         keep = torch.randperm(len(seqs), generator=g)[:max_users].sort().values.tolist()
         seqs = [seqs[i] for i in keep]
-    hist = histories(seqs, model.cfg.max_len)
     model.eval()
-    parts = [model.user_state(hist[i:i + batch_size].to(device)).float().cpu()
-             for i in range(0, len(hist), batch_size)]
-    return torch.cat(parts)
+    for i in range(0, len(seqs), batch_size):
+        yield model.user_state(histories(seqs[i:i + batch_size], model.cfg.max_len).to(device)).float().cpu()
+
+
+def user_states(model, seqs, max_users: int | None, batch_size: int, seed: int, device) -> torch.Tensor:
+    """``h_u`` (U, d): :func:`user_state_batches` stacked (for studies and tests; the stage sums Grams)."""
+    return torch.cat(list(user_state_batches(model, seqs, max_users, batch_size, seed, device)))
 
 
 def main(argv=None) -> dict:
@@ -98,22 +108,24 @@ def main(argv=None) -> dict:
     ranker_sha = checkpoint_sha256(ckpt_path)
 
     t0 = time.time()
-    H = user_states(model, data.sequences("train"), cfg.max_users, cfg.batch_size, cfg.seed, device)
-    E_items = model.item_table.detach()[1:].float().cpu()  # padding row 0 excluded
+    # METHOD: the users' Gram, summed batch by batch (basis.py, "Batched"): H (U × d) is never held
+    H = block_gram(user_state_batches(model, data.sequences("train"), cfg.max_users, cfg.batch_size, cfg.seed,
+                                      device))
     t_states = time.time() - t0
     t0 = time.time()
-    basis = compute_basis(H, E_items, cfg.energy, cfg.recipe)
+    E_items = block_gram([model.item_table.detach()[1:].float().cpu()])  # padding row 0 excluded
+    basis = basis_from_grams(H, E_items, cfg.energy, cfg.recipe)
     t_svd = time.time() - t0
     S = basis["singular_values"]
     summary = spectrum_summary(S)
     basis.update({"trust_radius": cfg.trust_radius, "ranker_sha256": ranker_sha, "ranker_ckpt": str(ckpt_path),
                   "dataset": cfg.dataset,
-                  "n_users": int(H.shape[0]), "n_items": int(E_items.shape[0]), "spectrum": summary})
+                  "n_users": H.rows, "n_items": E_items.rows, "spectrum": summary})
     artifacts.save_basis(out_path, basis)
 
     curve = energy_curve(S)
-    print(f"[projection] {cfg.recipe}: {H.shape[0]} user states + {E_items.shape[0]} items, d = {basis['d']}; "
-          f"states {t_states:.2f}s, Gram-eigh SVD {t_svd:.3f}s")
+    print(f"[projection] {cfg.recipe}: {H.rows} user states + {E_items.rows} items, d = {basis['d']}; "
+          f"states and their Gram {t_states:.2f}s, Gram-eigh SVD {t_svd:.3f}s")
     print("[projection] rank at energy " + ", ".join(f"{k[5:]}: {v}" for k, v in summary.items())
           + f"  (of d = {basis['d']})")
     print(f"[projection] top singular values {[round(float(s), 2) for s in S[:8]]}; energy of the first 8 "

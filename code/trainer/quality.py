@@ -43,24 +43,24 @@ Pure functions for evaluation (the same rules as q): :func:`prompt_copy`, :func:
 :func:`is_unfinished`, :func:`prompt_item_lines`.
 
 The encoder is injected (``.encode(list[str]) -> (n, d)`` unit-norm ``np.ndarray``) so tests that
-are not about semantics can pass a fake; :func:`load_encoder` gives the offline MiniLM one.
+are not about semantics can pass a fake; :func:`load_encoder` gives the offline MiniLM one. Item texts
+are encoded when a call first needs them (:class:`~.item_text.ItemTextEmbeddings`: the explained items and
+the history windows), optionally cached on disk across runs (``QualityScorer(..., id_map_sha256=)``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Callable, Iterable, NamedTuple, Protocol, Sequence
+from pathlib import Path
+from typing import Callable, Iterable, NamedTuple, Sequence
 
 import numpy as np
 import pandas as pd
 
 from ..eval.faithfulness import faithfulness_score, named_shown_items
 from ..explainer.prompts import describe_item
-
-
-class Encoder(Protocol):
-    def encode(self, texts: list[str]) -> np.ndarray: ...
+from .item_text import Encoder, ItemTextEmbeddings, cache_path
 
 
 @dataclasses.dataclass(frozen=True)
@@ -246,19 +246,23 @@ class TitleIndex:
         :attr:`pattern` would (word boundaries, one-word titles in their catalogue case, leftmost match,
         the regex's alternative order at a position); without it, or for a text whose lowercase form has
         another length (a few Unicode letters), the regex itself."""
-        lower = text.lower()
-        if self.automaton is not None and len(lower) == len(text):
-            matches = self._automaton_matches(text, lower)
-        elif self.pattern is not None:
-            matches = ((m.start(), m.end(), m.group(0).lower()) for m in self.pattern.finditer(text))
-        else:
-            matches = ()
         out = []
-        for a, b, key in matches:
+        for a, b, key in self.matches(text):
             if len(key.split()) == 1 and _SENT_START.search(text[:a]):
                 continue
             out.append((a, b, self.ids_of[key]))
         return out
+
+    def matches(self, text: str) -> list[tuple[int, int, str]]:
+        """``(start, end, lowercased title)`` of each match of :attr:`pattern` in ``text`` (leftmost, not
+        overlapping; one-word titles in their catalogue case, at any position), found by the automaton
+        when it can (see :meth:`named_spans`), else by the regex."""
+        lower = text.lower()
+        if self.automaton is not None and len(lower) == len(text):
+            return self._automaton_matches(text, lower)
+        if self.pattern is not None:
+            return [(m.start(), m.end(), m.group(0).lower()) for m in self.pattern.finditer(text)]
+        return []
 
     def _automaton_matches(self, text: str, lower: str) -> list[tuple[int, int, str]]:
         """What ``pattern.finditer`` matches, from the automaton: per start, the first alternative in the
@@ -398,9 +402,10 @@ def prompt_copy(text: str, prompt_lines: Sequence[str], titles: "TitleIndex | No
 
 def copy_words(text: str, titles: "TitleIndex | None" = None) -> list[str]:
     """The tokens :func:`prompt_copy` compares: :func:`masked_words` with every catalogue title match."""
-    if titles is None or titles.pattern is None:
+    if titles is None:
         return masked_words(text, [])
-    return masked_words(text, [(m.start(), m.end(), set()) for m in titles.pattern.finditer(text)])
+    # the automaton's matches are the regex's (TitleIndex.matches): linear in the text, not in the catalogue
+    return masked_words(text, [(a, b, set()) for a, b, _ in titles.matches(text)])
 
 
 def copy_rate(words: list[str], lines: Sequence[list[str]], n: int = 4, min_line: int = 3) -> float:
@@ -465,28 +470,35 @@ class QualityScorer:
     given what each prompt showed (``shown``).
 
     ``items``: the catalogue (``item_id``, ``title``, ``text``; ``year`` and ``genres`` for the prompt's
-    item lines). Item texts are encoded once here.
+    item lines). Item texts are encoded when first needed (:attr:`item_text`, an
+    :class:`~.item_text.ItemTextEmbeddings`): each :meth:`score` call encodes, in one encoder call, the
+    explained items and history-window items no earlier call encoded. ``id_map_sha256``: the processed
+    data's id map (``Processed.id_map_sha256``); with it, and an encoder that has an ``identity``
+    (:class:`SentenceEncoder`), the vectors are also kept in ``data/_cache/item_text/`` (or ``cache_dir``)
+    for later runs on the same data (:func:`~.item_text.cache_path`).
     """
 
     def __init__(self, items: pd.DataFrame, encoder: Encoder, cfg: QualityConfig | None = None,
-                 toxicity: Callable[[list[str]], np.ndarray] | None = None):
+                 toxicity: Callable[[list[str]], np.ndarray] | None = None, *, id_map_sha256: str | None = None,
+                 cache_dir: Path | None = None):
         self.cfg = cfg or QualityConfig()
         self.encoder = encoder
         self.toxicity = toxicity or default_toxicity
         self.titles = TitleIndex(items)
         ids = items["item_id"].to_numpy(np.int64)
-        emb = np.asarray(encoder.encode(items["text"].astype(str).tolist()), dtype=np.float32)
-        self.item_emb = np.zeros((int(ids.max()) + 1, emb.shape[1]), np.float32)  # row = item_id; 0 = padding
-        self.item_emb[ids] = emb
+        cache = cache_path(items, encoder, id_map_sha256, cache_dir) if id_map_sha256 is not None else None
+        self.item_text = ItemTextEmbeddings(items, encoder, cache, meta={
+            "id_map_sha256": id_map_sha256, "encoder": getattr(encoder, "identity", None), "n_items": len(ids)})
         cols = [c for c in ("title", "year", "genres") if c in items.columns]
         self.rows = {int(i): r for i, r in zip(ids, items[cols].to_dict("records"))}
         self._line_cache: dict[int, list[str]] = {}
 
     def history_embedding(self, history: Sequence[int]) -> np.ndarray:
+        """Unit mean vector of the last ``history_window`` items' texts (zeros for an empty history)."""
         recent = np.asarray(history, np.int64)[-self.cfg.history_window:]
         if len(recent) == 0:
-            return np.zeros(self.item_emb.shape[1], np.float32)
-        v = self.item_emb[recent].mean(0)
+            return np.zeros(self.item_text.dim, np.float32)
+        v = self.item_text.vectors(recent).mean(0)
         return v / max(float(np.linalg.norm(v)), 1e-12)
 
     def prompt_lines(self, item_id: int, shown: Sequence[int]) -> list[str]:
@@ -527,8 +539,10 @@ class QualityScorer:
                              "leave-one-out contributions of the shown items (ranker/attribution.py)")
         X = np.asarray(self.encoder.encode(texts), dtype=np.float32).reshape(n, -1)
         items = np.asarray(item_ids, np.int64)
-        H = np.stack([self.history_embedding(h) for h in histories]) if n else np.zeros((0, X.shape[1]))
-        cos_item = (X * self.item_emb[items]).sum(1)
+        window = [np.asarray(h, np.int64)[-c.history_window:] for h in histories]
+        self.item_text.ensure(np.concatenate([items, *window]))  # one encoder call for the items not made yet
+        H = np.stack([self.history_embedding(h) for h in window]) if n else np.zeros((0, X.shape[1]))
+        cos_item = (X * self.item_text.vectors(items)).sum(1)
         cos_hist = (X * H).sum(1)
         item = np.clip((cos_item - c.item_base) / c.item_scale, -1, 1)
         history = np.clip((cos_hist - c.history_base) / c.history_scale, -1, 1)
@@ -585,12 +599,17 @@ class SentenceEncoder:
     """The offline MiniLM encoder (DESIGN.md §6) behind the :class:`Encoder` protocol (unit-norm rows)."""
 
     def __init__(self, device: str = "cpu", batch_size: int = 128):
+        import importlib.metadata
+
         from sentence_transformers import SentenceTransformer
 
-        from ..projection.shield_study import encoder_dir
+        from ..projection.shield_study import ENCODER_PACKAGE, encoder_dir
 
         self.model = SentenceTransformer(str(encoder_dir()), device=device)
         self.batch_size = batch_size
+        # what its vectors depend on: the key of the on-disk item-text cache (item_text.cache_path)
+        self.identity = (f"{ENCODER_PACKAGE}=={importlib.metadata.version(ENCODER_PACKAGE)} sentence-transformers=="
+                         f"{importlib.metadata.version('sentence-transformers')} normalize_embeddings=True")
 
     def encode(self, texts: list[str]) -> np.ndarray:
         return self.model.encode(list(texts), batch_size=self.batch_size, normalize_embeddings=True,

@@ -295,7 +295,8 @@ def build(cfg: RecRLConfig, reward_fn=None) -> Built:
     if reward_fn is None:
         from shielded_recrl.trainer.quality import QualityConfig, QualityScorer, load_encoder
 
-        quality = QualityScorer(data.items, load_encoder(), QualityConfig().with_faithfulness(cfg.w_faithfulness))
+        quality = QualityScorer(data.items, load_encoder(), QualityConfig().with_faithfulness(cfg.w_faithfulness),
+                                id_map_sha256=data.id_map_sha256)  # item texts encoded when needed, cached
     else:
         quality = None
     # the ranker's reasons are read from the original store E0 (the model's own table co-adapts)
