@@ -170,7 +170,8 @@ def train_model(cfg: SASRecTrainConfig, data, *, resume_path: str | Path | None 
     device = resolve_device(ranks.device_name(cfg.device))
     seed_everything(rank_seed(cfg.seed, ranks.rank))  # the global RNG is dropout's: each rank its own masks
     win = D.train_windows(data.sequences("train"), cfg.max_len, cfg.window_stride or None)
-    user_items = D.item_mask(data.sequences("train"), data.n_items) if cfg.loss == "bce" else None
+    # bce's negatives avoid the user's train items: per-user lists (CSR), a dense mask per batch only
+    user_items = D.item_lists(data.sequences("train"), data.n_items) if cfg.loss == "bce" else None
     sampler = L.negative_sampler(cfg.negatives, data.n_items, data.sequences("train"), device) \
         if cfg.loss in ("sampled_softmax", "gbce") else None
     beta = L.gbce_beta(cfg.n_negatives, data.n_items, cfg.gbce_t) if cfg.loss == "gbce" else 1.0
@@ -221,7 +222,7 @@ def train_model(cfg: SASRecTrainConfig, data, *, resume_path: str | Path | None 
             x, y = inputs[idx.to(device)], targets[idx.to(device)]
             neg = None
             if cfg.loss == "bce":
-                neg = D.sample_train_negatives(y.cpu(), user_items[win.users[idx]], gen).to(device)
+                neg = D.sample_train_negatives(y.cpu(), user_items.mask(win.users[idx]), gen).to(device)
             elif sampler is not None:
                 neg = sampler.sample(cfg.n_negatives, gen).to(device)  # one draw shared by the batch
             if ranks.world > 1:  # DDP: this rank's part of the global batch (and of its per-position negatives)
