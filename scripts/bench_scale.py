@@ -364,11 +364,12 @@ def phase_drift(args) -> dict:
     import torch
 
     from shielded_recrl.eval.ranking_drift import drift_report, reference_scores
-    from shielded_recrl.ranker.evaluate import sample_users
+    from shielded_recrl.ranker.evaluate import rows_per_batch, sample_users
 
     data, model, t_load = _load(args.dataset)
     nominal = min(SAMPLE_USERS, data.n_users)
     n = _users_for(args, "drift", nominal)
+    batch = rows_per_batch(1024, data.n_items + 1)
     users = sample_users(data.n_users, n, 0)
     t = time.time()
     ref = reference_scores(model, data, "valid", users=users)  # the PPO monitor's split and sample
@@ -382,15 +383,16 @@ def phase_drift(args) -> dict:
            "check_s": round(t_check * nominal / n, 1), "users": nominal, "measured_users": len(rep.overlap),
            "top10_overlap": round(float(rep.overlap.mean()), 4)}
     return _extrapolate(out, n, nominal, t_ref + t_check, 0.0,
-                        "reference and check times x users / measured_users (batches of 1024 users)",
+                        f"reference and check times x users / measured_users (batches of {batch} users)",
                         extra_bytes_per_user=10 * 8 * 2 + 5 * 8)
 
 
 def phase_evaluate(args, all_users: bool = False) -> dict:
-    from shielded_recrl.ranker.evaluate import evaluate, sample_users
+    from shielded_recrl.ranker.evaluate import evaluate, rows_per_batch, sample_users
 
     phase = "evaluate_all" if all_users else "evaluate"
     data, model, t_load = _load(args.dataset)
+    batch = rows_per_batch(1024, data.n_items + 1)
     nominal = data.n_users if all_users else min(SAMPLE_USERS, data.n_users)
     n = _users_for(args, phase, nominal)
     users = sample_users(data.n_users, n, 0)
@@ -401,7 +403,7 @@ def phase_evaluate(args, all_users: bool = False) -> dict:
            "measured_users": res["n_users"], "protocols": list(res["metrics"]),
            "ndcg@10": round(res["metrics"]["full_masked"]["ndcg@10"], 5)}
     return _extrapolate(out, n, nominal, t_eval, 0.0,
-                        "evaluation time x users / measured_users (batches of 1024 users; per-user results "
+                        f"evaluation time x users / measured_users (batches of {batch} users; per-user results "
                         "~100 B a user)", extra_bytes_per_user=100)
 
 

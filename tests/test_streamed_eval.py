@@ -131,6 +131,32 @@ def test_drift_report_equals_the_dense_one(ranked):
     assert frozen.max_score_change.max() == 0.0 and frozen.overlap.min() == 1.0 and frozen.ndcg.diff == 0.0
 
 
+def test_a_byte_budget_shrinks_the_batch_and_keeps_the_full_ranking_numbers(ranked, monkeypatch):
+    from shielded_recrl.ranker import evaluate as E
+
+    assert E.rows_per_batch(1024, 1684) == 1024  # ML-100K / ML-25M batch as asked
+    assert E.rows_per_batch(1024, 712_001) == E.SCORE_BATCH_BYTES // (4 * 712_001) < 100  # Books: bounded
+    assert E.rows_per_batch(1024, 10**12) == 1
+    with pytest.raises(ValueError, match="batch_size"):
+        E.rows_per_batch(0, 10)
+    model, data, E0, E1 = ranked
+    want = evaluate(model, data, "test", item_table=E1, batch_size=BATCH, protocols=("full_masked", "full_unmasked"))
+    ref = reference_scores(model, data, "valid", item_table=E0, batch_size=BATCH)
+    drift = drift_report(model, data, "valid", E1, reference=ref, batch_size=BATCH)
+    seen_batches = []
+    monkeypatch.setattr(E, "SCORE_BATCH_BYTES", 4 * (data.n_items + 1) * 100)  # 100 users per batch
+    real = E.M.target_ranks
+    monkeypatch.setattr(E.M, "target_ranks", lambda s, *a: seen_batches.append(len(s)) or real(s, *a))
+    got = evaluate(model, data, "test", item_table=E1, batch_size=BATCH, protocols=("full_masked", "full_unmasked"))
+    assert max(seen_batches) == 100 and sum(seen_batches) == 2 * data.n_users
+    for p in ("full_masked", "full_unmasked"):  # the full protocols do not depend on the batching
+        assert torch.equal(got["ranks"][p].greater, want["ranks"][p].greater), p
+    ref_small = reference_scores(model, data, "valid", item_table=E0, batch_size=BATCH)
+    again = drift_report(model, data, "valid", E1, reference=ref_small, batch_size=BATCH)
+    assert torch.equal(ref_small["top"], ref["top"]) and again.ndcg == drift.ndcg
+    assert torch.allclose(again.kendall, drift.kendall) and torch.equal(again.overlap, drift.overlap)
+
+
 # --- a seeded user sample ------------------------------------------------------------------------------------
 def test_sample_users_is_seeded_sorted_and_all_when_fewer():
     a, b = sample_users(943, 100, 0), sample_users(943, 100, 0)

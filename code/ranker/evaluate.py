@@ -6,8 +6,10 @@ overlap, and ``item_table`` to score with a modified item store without touching
 
 Memory (DESIGN.md §7): nothing users × items is held. Users are ranked ``batch_size`` at a time; the
 seen/interacted items are per-user lists (:class:`~.data.ItemLists`) whose (B, N+1) mask is built per
-batch, so a run holds O(batch_size · N + users · max_len + interactions). ``users=`` (0-based rows,
-e.g. :func:`sample_users`) evaluates a subset.
+batch, so a run holds O(batch_size · N + users · max_len + interactions). ``batch_size`` is an upper
+bound: a batch's (B, N+1) float32 score matrix is also kept within ``SCORE_BATCH_BYTES`` (256 MiB), so
+at a 0.7M-item catalogue B is ~90 users rather than 1,024 (:func:`rows_per_batch`; the temporaries of a
+batch are a few such matrices). ``users=`` (0-based rows, e.g. :func:`sample_users`) evaluates a subset.
 
 Example::
 
@@ -31,6 +33,16 @@ PROTOCOLS = ("full_masked", "full_unmasked", "sampled100")
 
 # scorer(histories (B, L) long, rows (B,) long user indices) -> scores (B, N+1), finite for items 1..N
 Scorer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+SCORE_BATCH_BYTES = 256 * 2**20  # the most one batch's (B, N+1) float32 scores may take
+
+
+def rows_per_batch(batch_size: int, n_cols: int) -> int:
+    """Users per batch: ``batch_size``, lowered so that B × ``n_cols`` float32 scores fit in
+    ``SCORE_BATCH_BYTES`` (at least 1). Unchanged below ~65k items, so ML-100K and ML-25M batch as asked."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1; found {batch_size}")
+    return max(1, min(batch_size, SCORE_BATCH_BYTES // (4 * max(1, n_cols))))
 
 
 def _model_device(model: torch.nn.Module) -> torch.device:
@@ -96,7 +108,7 @@ def evaluate_scorer(scorer: Scorer, inputs: EvalInputs, *, batch_size: int = 102
     means; ``per_user[protocol]`` maps them to (n,) tensors; ``ranks[protocol]`` is a :class:`metrics.Ranks`
     of (n,) tensors (``greater``, ``ties``; ``.expected()`` is the 0-based rank under random tie-breaking).
     The sampled-100 negatives come from a ``torch.Generator`` seeded with ``seed``, one (B, N+1) draw per
-    batch (same seed, batch size and users → same negatives).
+    batch (same seed, batch size and users → same negatives; B is :func:`rows_per_batch`).
 
     Raises ``ValueError`` when the scorer returns a NaN or ±inf score for a real item (column 0,
     padding, is ignored): a diverged model would otherwise rank its targets first.
@@ -106,6 +118,7 @@ def evaluate_scorer(scorer: Scorer, inputs: EvalInputs, *, batch_size: int = 102
         raise ValueError(f"unknown protocol(s) {sorted(unknown)}; choose from {PROTOCOLS}")
     gen = torch.Generator().manual_seed(seed)
     all_rows = user_rows(len(inputs.targets), users)
+    batch_size = rows_per_batch(batch_size, inputs.seen.n_items + 1)
     ranks: dict[str, list[M.Ranks]] = {p: [] for p in protocols}
     for i in range(0, len(all_rows), batch_size):
         rows = all_rows[i:i + batch_size]
@@ -144,9 +157,10 @@ def score_split(model, inputs: EvalInputs, tables: Sequence[torch.Tensor | None]
     """``(rows (B,), [scores (B, N+1) per table])`` for ``batch_size`` users of ``inputs`` at a time: each
     item store's float32 CPU scores of every item (column 0, padding, set to -inf; seen items not masked)
     from the user's input history, in eval mode. ``None`` in ``tables`` is the model's own store as it is
-    at each batch. Memory: ``len(tables)`` × B × (N+1) floats."""
+    at each batch. Memory: ``len(tables)`` × B × (N+1) floats, B = :func:`rows_per_batch`."""
     scorers = [model_scorer(model, t) for t in tables]
     all_rows = user_rows(len(inputs.targets), users)
+    batch_size = rows_per_batch(batch_size, inputs.seen.n_items + 1)
     with eval_mode(model):
         for i in range(0, len(all_rows), batch_size):
             rows = all_rows[i:i + batch_size]
@@ -184,6 +198,7 @@ def score_batches(model, seqs: Sequence, *, item_table: torch.Tensor | None = No
     batch by batch), without ever holding U × (N+1) numbers."""
     device = _model_device(model)
     table = None if item_table is None else item_table.to(device)
+    batch_size = rows_per_batch(batch_size, model.cfg.n_items + 1)
     with eval_mode(model):
         for i in range(0, len(seqs), batch_size):
             hist = left_padded(seqs[i:i + batch_size], model.cfg.max_len).to(device)

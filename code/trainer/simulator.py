@@ -114,7 +114,8 @@ class RankerScores:
     fills ``user_states``; it runs once, when the simulator is built. :meth:`pairs` scores (user, item)
     pairs on demand from the users' whole rows ``h_u @ E.T`` in float32, as ``model.scores`` does: on CPU
     the construction's numbers bit for bit (measured with MKL), else up to float32 rounding (~1e-7
-    relative; e.g. a ranker on a GPU scored the batches). Memory: ``batch_users`` × (N+1) floats."""
+    relative; e.g. a ranker on a GPU scored the batches). Memory: ``batch_users`` × (N+1) floats, fewer
+    users where that passes ``ranker.evaluate.SCORE_BATCH_BYTES`` (:func:`~..ranker.evaluate.rows_per_batch`)."""
 
     def __init__(self, model, histories: Sequence[np.ndarray], *, item_table: torch.Tensor | None = None,
                  batch_users: int = 1024):
@@ -135,9 +136,12 @@ class RankerScores:
         self.model = None  # built: the simulator needs only h and E from here on
 
     def pairs(self, rows: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        from ..ranker.evaluate import rows_per_batch
+
         out = torch.empty(len(rows), dtype=torch.float32)
-        for i in range(0, len(rows), self.batch_users):
-            r, it = rows[i:i + self.batch_users], items[i:i + self.batch_users]
+        step = rows_per_batch(self.batch_users, len(self.item_table))  # B x (N+1) floats within the budget
+        for i in range(0, len(rows), step):
+            r, it = rows[i:i + step], items[i:i + step]
             # the users' whole rows, the product that scored them at construction; at least 8 rows: for a
             # product of under 4 rows MKL takes a small-matrix kernel that rounds differently (~1e-7 relative)
             h = self.user_states[torch.cat([r, r[:1].expand(max(0, 8 - len(r)))])]
