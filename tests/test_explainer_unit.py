@@ -533,3 +533,16 @@ def test_group_shared_prompt_encoding_is_the_same_function():
     assert torch.allclose(g_shared[::G], x.grad.view(n, G, P, 32).sum(1), atol=1e-5)
     with pytest.raises(ValueError, match="multiple of group size"):
         sequence_logprobs(model, embeds[:5], mask[:5], a.response_ids[:5], a.response_mask[:5], group_size=G)
+
+
+def test_gguf_conversion_builds_the_tensor_name_map_once_and_restores_gguf():
+    import gguf
+
+    original = gguf.get_tensor_name_map
+    arch = next(iter(gguf.MODEL_ARCH_NAMES))
+    with loading._memoised_tensor_name_map():
+        a, b = gguf.get_tensor_name_map(arch, 2), gguf.get_tensor_name_map(arch, 2)
+        assert a is b  # built once per (arch, n_blocks)
+        assert gguf.get_tensor_name_map(arch, 3) is not a
+        assert a.get_name("token_embd") == original(arch, 2).get_name("token_embd")
+    assert gguf.get_tensor_name_map is original
