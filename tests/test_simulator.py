@@ -433,7 +433,13 @@ def test_simulator_from_ranker_equals_the_dense_one(ml100k_processed, z_over):
     sim = UserSimulator.from_ranker(model, hist, scorer, cfg, batch_users=100)  # 10 batches, the last partial
     dense = UserSimulator(scores, hist, scorer, cfg)
     users = torch.arange(1, U + 1)
-    for s in (sim, dense):
+    # lazy: nothing is computed until asked; a few users first, one at a time and in any order, then all
+    lazy = UserSimulator.from_ranker(model, hist, scorer, cfg, batch_users=100)
+    assert not lazy.built.any() and not lazy.scores.built.any()
+    few = torch.tensor([900, 3, 417, 3])
+    assert torch.equal(lazy.slate(few), ref_slates[few - 1]) and int(lazy.built.sum()) == 3
+    assert torch.equal(lazy.slate(few[:1]), ref_slates[few[:1] - 1])
+    for s in (sim, dense, lazy):
         assert torch.equal(s.slate(users), ref_slates)  # every user's slate, best first
         assert torch.equal(s.slate(users, 3), ref_slates[:, :3])
         flat_u, flat_i = users.repeat_interleave(cfg.slate_size), ref_slates.reshape(-1)
@@ -459,10 +465,15 @@ def test_simulator_from_ranker_equals_the_dense_one(ml100k_processed, z_over):
             "sim.scores.item_table"} <= set(held)
     for name, t in held.items():
         assert t.numel() <= max(U, N + 1) * max(cfg.slate_size, model.cfg.hidden), (name, tuple(t.shape))
-    assert sim.scores.model is None  # only h and E are kept
     z0 = sim.z_of(pu[:100], pi[:100])
+    late = UserSimulator.from_ranker(model, hist, scorer, cfg, batch_users=100)  # built before the store moves
     with torch.no_grad():  # the ranker's store co-adapts during PPO: the simulator keeps the one it was built with
         model.item_emb.weight.mul_(2.0)
     assert torch.equal(sim.z_of(pu[:100], pi[:100]), z0)
+    # users first asked for after the store moved are scored with the snapshot too
+    assert torch.equal(late.slate(users), ref_slates)
+    torch.testing.assert_close(late.z_of(pu[:100], pi[:100]), z0, atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="user ids"):
+        sim.slate(torch.tensor([U + 1]))
     with pytest.raises(ValueError, match="slate_size"):
         sim.slate(users[:2], cfg.slate_size + 1)

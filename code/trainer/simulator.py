@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -92,13 +92,13 @@ class MatrixScores:
     """A (U, N+1) matrix of ranker scores (row ``user_id − 1``): for tests and small catalogues only; the
     stages use :class:`RankerScores`, which never holds it."""
 
-    def __init__(self, scores: torch.Tensor, batch_users: int = 1024):
+    def __init__(self, scores: torch.Tensor):
         self.matrix = scores.detach().cpu()
-        self.batch_users = batch_users
+        self.n_items = self.matrix.shape[1] - 1
 
-    def batches(self) -> Iterator[tuple[int, torch.Tensor]]:
-        for i in range(0, len(self.matrix), self.batch_users):
-            yield i, self.matrix[i:i + self.batch_users]
+    def rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """(B,) 0-based user rows → their (B, N+1) raw scores."""
+        return self.matrix[rows]
 
     def pairs(self, rows: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         return self.matrix[rows, items]
@@ -107,44 +107,66 @@ class MatrixScores:
 class RankerScores:
     """The ranker's scores ``s(u, i) = h_uᵀ e_i`` of every item for each user's history, factored: the
     user states ``user_states`` (U, d) and a CPU snapshot ``item_table`` (N+1, d) of the store (the
-    model's own table may co-adapt later; the simulator keeps the scores it was built with).
+    model's own table may co-adapt later; the simulator keeps the scores of the store it was built with:
+    user states and scores are computed from the snapshot, never from the model's live table).
 
-    :meth:`batches` scores ``batch_users`` histories at a time on the model's device
-    (:func:`~shielded_recrl.ranker.evaluate.score_batches`, the rows ``all_scores`` would concatenate) and
-    fills ``user_states``; it runs once, when the simulator is built. :meth:`pairs` scores (user, item)
-    pairs on demand from the users' whole rows ``h_u @ E.T`` in float32, as ``model.scores`` does: on CPU
-    the construction's numbers bit for bit (measured with MKL), else up to float32 rounding (~1e-7
-    relative; e.g. a ranker on a GPU scored the batches). Memory: ``batch_users`` × (N+1) floats, fewer
-    users where that passes ``ranker.evaluate.SCORE_BATCH_BYTES`` (:func:`~..ranker.evaluate.rows_per_batch`)."""
+    Computed when first asked for (``built``: the users whose ``h_u`` exists): :meth:`rows` runs the
+    ranker on the asked users' histories (eval mode, the model's device, at least 8 rows a product) and
+    returns their (B, N+1) float32 CPU scores, the rows ``ranker.evaluate.all_scores`` would give;
+    :meth:`pairs` scores (user, item) pairs from the users' whole rows ``h_u @ E.T`` in float32, as
+    ``model.scores`` does: on CPU the numbers :meth:`rows` gave bit for bit (measured with MKL), else up to
+    float32 rounding (~1e-7 relative). Memory: O(U·d) states and at most ``batch_users`` × (N+1) floats at a
+    time, fewer users where that passes ``ranker.evaluate.SCORE_BATCH_BYTES``
+    (:func:`~..ranker.evaluate.rows_per_batch`). The ranker's weights other than its store must not change
+    after construction (PPO freezes them; only ``E`` co-adapts)."""
 
     def __init__(self, model, histories: Sequence[np.ndarray], *, item_table: torch.Tensor | None = None,
                  batch_users: int = 1024):
         self.model, self.histories, self.batch_users = model, histories, batch_users
         table = model.item_table if item_table is None else item_table
         self.item_table = table.detach().float().cpu().clone()
-        self.user_states: torch.Tensor | None = None
+        self.n_items = len(self.item_table) - 1
+        self.user_states = torch.zeros(len(histories), self.item_table.shape[1])
+        self.built = torch.zeros(len(histories), dtype=torch.bool)
 
-    def batches(self) -> Iterator[tuple[int, torch.Tensor]]:
-        from ..ranker.evaluate import score_batches
-
-        hs = []
-        for i, h, s in score_batches(self.model, self.histories, item_table=self.item_table,
-                                     batch_size=self.batch_users):
-            hs.append(h)
-            yield i, s
-        self.user_states = torch.cat(hs)
-        self.model = None  # built: the simulator needs only h and E from here on
-
-    def pairs(self, rows: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+    def _step(self) -> int:
         from ..ranker.evaluate import rows_per_batch
 
+        return rows_per_batch(self.batch_users, len(self.item_table))
+
+    @staticmethod
+    def _padded(rows: torch.Tensor) -> torch.Tensor:
+        # at least 8 rows: for a product of under 4 rows MKL takes a small-matrix kernel that rounds
+        # differently (~1e-7 relative); the extra rows repeat the first and are dropped
+        return torch.cat([rows, rows[:1].expand(max(0, 8 - len(rows)))])
+
+    @torch.no_grad()
+    def rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """(B,) 0-based user rows → their (B, N+1) raw float32 CPU scores (column 0, padding, untouched),
+        computing and keeping their user states. Call it with at most ``batch_users`` rows."""
+        from ..ranker.data import histories as left_padded
+        from ..ranker.evaluate import _model_device, eval_mode
+
+        device = _model_device(self.model)
+        table = self.item_table.to(device)
+        padded = self._padded(rows)
+        with eval_mode(self.model):
+            hist = left_padded([self.histories[int(r)] for r in padded], self.model.cfg.max_len).to(device)
+            h = self.model.user_state(hist, table)
+            scores = self.model.scores(h, table)[:len(rows)].float().cpu()
+        self.user_states[rows] = h[:len(rows)].float().cpu()
+        self.built[rows] = True
+        return scores
+
+    def pairs(self, rows: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """(B,) 0-based user rows, (B,) item ids → (B,) float32 scores; the users' states must exist."""
+        if not bool(self.built[rows].all()):
+            raise RuntimeError("RankerScores.pairs: user states not computed yet (ask rows() first)")
         out = torch.empty(len(rows), dtype=torch.float32)
-        step = rows_per_batch(self.batch_users, len(self.item_table))  # B x (N+1) floats within the budget
+        step = self._step()  # B x (N+1) floats within the budget
         for i in range(0, len(rows), step):
             r, it = rows[i:i + step], items[i:i + step]
-            # the users' whole rows, the product that scored them at construction; at least 8 rows: for a
-            # product of under 4 rows MKL takes a small-matrix kernel that rounds differently (~1e-7 relative)
-            h = self.user_states[torch.cat([r, r[:1].expand(max(0, 8 - len(r)))])]
+            h = self.user_states[self._padded(r)]  # the users' whole rows, the product rows() computed
             out[i:i + len(r)] = (h @ self.item_table.T)[torch.arange(len(r)), it]
         return out
 
@@ -161,7 +183,9 @@ class UserSimulator:
     State, O(U·(k + d)) whatever the catalogue (docs/simulator.md §1, "Memory"): per user the slate
     ``slates`` (U, k), its z ``slate_z`` (U, k) float64, the ``mean`` and ``scale`` (U,) float64 that
     standardise the user's scores, and ζ_u; the z of an item off the slate is computed on demand from the
-    score source (:meth:`z_of`). Built in batches of ``batch_users`` users × N items."""
+    score source (:meth:`z_of`). A user's slate state is computed the first time a call needs it
+    (``built``), ``batch_users`` users × N items at a time: a PPO step pays for the users it samples, not
+    for the catalogue's every user (the numbers do not depend on when or with whom a user is computed)."""
 
     def __init__(self, scores: torch.Tensor | RankerScores | MatrixScores, histories: Sequence[np.ndarray],
                  quality: QualityScorer, cfg: SimulatorConfig | None = None, reasons: Callable | None = None,
@@ -170,25 +194,43 @@ class UserSimulator:
         if quality is not None and quality.cfg.w_faithfulness > 0 and reasons is None:
             raise ValueError("q weighs faithfulness to the ranker (w_faithfulness > 0): pass reasons=, the "
                              "ranker's leave-one-out attribution of the shown items")
+        if batch_users < 1:
+            raise ValueError(f"batch_users must be >= 1; found {batch_users}")
         self.reasons = reasons
         if isinstance(scores, torch.Tensor):
             if scores.ndim != 2 or len(scores) != len(histories):
                 raise ValueError(f"scores must be (U, N+1) with one row per history; found "
                                  f"{tuple(scores.shape)} for {len(histories)} histories")
-            scores = MatrixScores(scores, batch_users)
+            scores = MatrixScores(scores)
         self.histories = [np.asarray(h, np.int64) for h in histories]
         self.quality = quality
         self.scores = scores
-        parts = []
-        for i, s in scores.batches():  # B users × (N+1) items at a time; a catalogue under k items keeps them all
-            parts.append(self._slate_state(s, self.histories[i:i + len(s)], min(self.cfg.slate_size, s.shape[1])))
-        self.slates, self.slate_z, self.mean, self.scale = (torch.cat(t) for t in zip(*parts))
-        self.n_items = s.shape[1] - 1
-        if len(self.slates) != len(self.histories):
-            raise ValueError(f"the scores have {len(self.slates)} rows for {len(self.histories)} histories")
+        self.batch_users = batch_users
+        self.n_items = scores.n_items
+        k = min(self.cfg.slate_size, self.n_items + 1)  # a catalogue under k items keeps them all
+        U = len(self.histories)
+        self.slates = torch.zeros(U, k, dtype=torch.long)
+        self.slate_z = torch.zeros(U, k, dtype=torch.float64)
+        self.mean = torch.zeros(U, dtype=torch.float64)
+        self.scale = torch.ones(U, dtype=torch.float64)
+        self.built = torch.zeros(U, dtype=torch.bool)
         g = torch.Generator().manual_seed(self.cfg.seed)
-        self.zeta = torch.randn(len(histories), generator=g, dtype=torch.float64) * self.cfg.zeta_std
+        self.zeta = torch.randn(U, generator=g, dtype=torch.float64) * self.cfg.zeta_std
         self.click_generator = torch.Generator().manual_seed(self.cfg.seed + 1)  # in PPO checkpoints
+
+    def _ensure(self, rows: torch.Tensor) -> None:
+        """Compute the slate state of the 0-based ``rows`` not yet built, ``batch_users`` at a time (fewer
+        where their scores would pass ``ranker.evaluate.SCORE_BATCH_BYTES``)."""
+        from ..ranker.evaluate import rows_per_batch
+
+        need = rows[~self.built[rows]].unique()
+        step = rows_per_batch(self.batch_users, self.n_items + 1)  # B x (N+1) scores within the budget
+        for i in range(0, len(need), step):
+            r = need[i:i + step]
+            top, z, mean, scale = self._slate_state(self.scores.rows(r), [self.histories[j] for j in r.tolist()],
+                                                    self.slates.shape[1])
+            self.slates[r], self.slate_z[r], self.mean[r], self.scale[r] = top, z, mean, scale
+            self.built[r] = True
 
     @classmethod
     def from_ranker(cls, ranker, histories: Sequence[np.ndarray], quality: QualityScorer,
@@ -232,14 +274,24 @@ class UserSimulator:
             raise ValueError(f"the simulator keeps each user's top {self.slates.shape[1]} (slate_size "
                              f"{self.cfg.slate_size}, {self.n_items} items); asked for {k}: build it with "
                              f"SimulatorConfig(slate_size={k}) on a catalogue of at least {k} items")
-        return self.slates[torch.as_tensor(user_ids, dtype=torch.long) - 1, :k]
+        rows = self._rows(user_ids)
+        self._ensure(rows)
+        return self.slates[rows, :k]
+
+    def _rows(self, user_ids) -> torch.Tensor:
+        rows = torch.as_tensor(user_ids, dtype=torch.long).reshape(-1) - 1
+        if len(rows) and (int(rows.min()) < 0 or int(rows.max()) >= self.n_users):
+            raise ValueError(f"user ids must be in [1, {self.n_users}]; found [{int(rows.min()) + 1}, "
+                             f"{int(rows.max()) + 1}]")
+        return rows
 
     def z_of(self, user_ids: torch.Tensor, item_ids: torch.Tensor) -> torch.Tensor:
         """(B,) users, (B,) items → (B,) float64 standardised ranker scores z(u, i); 0 for item 0 (padding).
         A slate item's is the number stored at construction; any other item's is scored on demand,
         (h_uᵀ e_i − mean_u) / scale_u."""
-        rows = torch.as_tensor(user_ids, dtype=torch.long).reshape(-1) - 1
+        rows = self._rows(user_ids)
         items = torch.as_tensor(item_ids, dtype=torch.long).reshape(-1)
+        self._ensure(rows)
         hit = self.slates[rows] == items[:, None]  # slate items are distinct: at most one hit per row
         on = hit.any(1)
         z = torch.zeros(len(rows), dtype=torch.float64)
