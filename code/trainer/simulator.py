@@ -110,9 +110,9 @@ class RankerScores:
     model's own table may co-adapt later; the simulator keeps the scores of the store it was built with:
     user states and scores are computed from the snapshot, never from the model's live table).
 
-    Computed when first asked for (``built``: the users whose ``h_u`` exists): :meth:`rows` runs the
-    ranker on the asked users' histories (eval mode, the model's device, at least 8 rows a product) and
-    returns their (B, N+1) float32 CPU scores, the rows ``ranker.evaluate.all_scores`` would give;
+    Computed when first asked for (``built``: the users whose ``h_u`` exists): :meth:`rows` scores the
+    asked users' histories with :func:`~..ranker.evaluate.score_batches` (eval mode, the model's device, at
+    least 8 rows a product) and returns their (B, N+1) float32 CPU scores, the rows ``all_scores`` would give;
     :meth:`pairs` scores (user, item) pairs from the users' whole rows ``h_u @ E.T`` in float32, as
     ``model.scores`` does: on CPU the numbers :meth:`rows` gave bit for bit (measured with MKL), else up to
     float32 rounding (~1e-7 relative). Memory: O(U·d) states and at most ``batch_users`` × (N+1) floats at a
@@ -144,17 +144,12 @@ class RankerScores:
     def rows(self, rows: torch.Tensor) -> torch.Tensor:
         """(B,) 0-based user rows → their (B, N+1) raw float32 CPU scores (column 0, padding, untouched),
         computing and keeping their user states. Call it with at most ``batch_users`` rows."""
-        from ..ranker.data import histories as left_padded
-        from ..ranker.evaluate import _model_device, eval_mode
+        from ..ranker.evaluate import score_batches
 
-        device = _model_device(self.model)
-        table = self.item_table.to(device)
-        padded = self._padded(rows)
-        with eval_mode(self.model):
-            hist = left_padded([self.histories[int(r)] for r in padded], self.model.cfg.max_len).to(device)
-            h = self.model.user_state(hist, table)
-            scores = self.model.scores(h, table)[:len(rows)].float().cpu()
-        self.user_states[rows] = h[:len(rows)].float().cpu()
+        seqs = [self.histories[int(r)] for r in self._padded(rows)]
+        parts = list(score_batches(self.model, seqs, item_table=self.item_table, batch_size=len(seqs)))
+        h, scores = (torch.cat(t)[:len(rows)] for t in zip(*[(h, s) for _, h, s in parts]))
+        self.user_states[rows] = h
         self.built[rows] = True
         return scores
 
