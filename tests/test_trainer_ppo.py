@@ -4,6 +4,7 @@ verifiable keyword reward, the missing-mode error, and the CLI end to end on ML-
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -86,6 +87,21 @@ def test_nonfinite_loss_skips_update(tiny_dir):
     tr.update(b, g)
     assert tr.skipped_steps >= 1
     assert all(torch.equal(a, p.detach()) for a, p in zip(before, tr.policy_params))
+
+
+def test_kl_beta_0_skips_the_reference_pass_unless_the_kl_is_measured(tiny_dir):
+    """At kl_beta 0 the reference pass feeds no reward: it is skipped and the KL logged as NaN (not a
+    misleading 0); ``measure_kl`` runs it, so the policy's KL to the warm start is known after updates."""
+    import dataclasses
+
+    torch.manual_seed(0)
+    tr = make_trainer(tiny_dir, "frozen", length_reward, dataclasses.replace(SMALL, kl_beta=0.0, lr=5e-2))
+    g = torch.Generator().manual_seed(0)
+    m, _ = tr.step(g)
+    assert math.isnan(m["objective/kl"]) and m["time/reference_pass_s"] == 0.0
+    m, b = tr.step(g, measure_kl=True)
+    assert m["time/reference_pass_s"] > 0.0 and math.isfinite(m["objective/kl"])
+    assert not torch.equal(b.ref_logp, b.old_logp)  # one update (lr 5e-2) moved the policy off the warm start
 
 
 @pytest.fixture(scope="module")

@@ -44,7 +44,8 @@ class PPOSettings:
     weight_decay: float = F(default=0.0, metadata={"help": "AdamW weight decay of LoRA and bridge"})
     kl_beta: float = F(default=0.05, metadata={
         "help": "KL penalty weight against the warm start, in the reward's units (click probability or q); "
-                "0 skips the reference pass"})
+                "0 skips the reference pass except every panel_every steps, where it measures the KL (objective/kl; "
+                "NaN on the other steps)"})
     kl_kind: str = F(default="k1", metadata={"choices": list(KL_KINDS),
                                              "help": "KL estimator (ppo_math.kl_penalty; Schulman 2020)"})
     # a response is one episode; no discount (Ziegler et al. 2019)

@@ -11,7 +11,8 @@ One iteration (``PPOTrainer.step``), DESIGN.md §4.2:
 2. **Old / reference log-probs and values** — one no-grad pass of the current policy gives the old
    log-probs and the value head's values (generation does not score its own samples: this pass is the
    one place they are scored, so the update's first-epoch ratio is exactly 1); a second pass with the
-   *warm-start* weights swapped in gives the reference log-probs, skipped when ``kl_beta = 0``. NOTE:
+   *warm-start* weights swapped in gives the reference log-probs, skipped when ``kl_beta = 0`` except on
+   the steps asked to measure the KL (``step(..., measure_kl=True)``: a diagnostic, not in the reward). NOTE:
    the reference policy is the warm start itself (initial LoRA + bridge + store ``E0``). Instead of a
    second model in memory we keep a copy of the initial *trainable* tensors only (a few MB) and swap them
    in for one forward (:meth:`PPOTrainer.reference_weights`).
@@ -238,7 +239,9 @@ class PPOTrainer:
 
     # --- rollout ---------------------------------------------------------------------------------
     @torch.no_grad()
-    def rollout(self, generator: torch.Generator) -> Rollout:
+    def rollout(self, generator: torch.Generator, measure_kl: bool = False) -> Rollout:
+        """One batch of G samples per prompt, scored. ``measure_kl``: run the reference pass even at
+        ``kl_beta = 0``, so that the batch's KL to the warm start is measured (it enters no reward then)."""
         s = self.s
         G = s.group_size
         parts = []
@@ -263,7 +266,7 @@ class PPOTrainer:
             g = G if self.shares_prompts else 1
             with self._timed("policy_pass"):
                 old_logp, values = self.forward(examples, prompts, ids, mask, g)
-            if s.kl_beta != 0:
+            if s.kl_beta != 0 or measure_kl:
                 with self._timed("reference_pass"), self.reference_weights():
                     ref_logp, _ = self.forward(examples, prompts, ids, mask, g)
             else:  # no KL term: the reference pass would only feed a logged diagnostic
@@ -383,11 +386,12 @@ class PPOTrainer:
                                      if s.advantage == "gae" else math.nan)
         return out
 
-    def step(self, generator: torch.Generator) -> tuple[dict[str, float], Rollout]:
-        """One PPO iteration → (metrics, the batch)."""
+    def step(self, generator: torch.Generator, measure_kl: bool = False) -> tuple[dict[str, float], Rollout]:
+        """One PPO iteration → (metrics, the batch). ``objective/kl`` is NaN where it was not measured
+        (``kl_beta = 0`` without ``measure_kl``: no reference pass ran)."""
         self.phase_seconds = {}
         t0 = time.time()
-        b = self.rollout(generator)
+        b = self.rollout(generator, measure_kl)
         t1 = time.time()
         sh0 = self.shield_seconds
         u = self.update(b, generator)
@@ -396,7 +400,7 @@ class PPOTrainer:
         m = b.response_mask
         metrics = {
             "env/reward": float(b.reward.mean()), "env/ctr": float(b.ctr.mean()),
-            "objective/kl": float((b.kl * m).sum(1).mean()),  # per-sequence KL vs the warm start
+            "objective/kl": float((b.kl * m).sum(1).mean()) if self.s.kl_beta != 0 or measure_kl else math.nan,
             "objective/entropy": float(-(b.old_logp * m).sum() / max(n_tok, 1)),  # sampled-token estimate
             "losses/policy": u["pg_loss"], "losses/value": u["vf_loss"], "losses/approx_kl": u["approx_kl"],
             "losses/clip_frac": u["clip_frac"], "losses/value_clip_frac": u["vf_clip_frac"],

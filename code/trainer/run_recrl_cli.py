@@ -366,7 +366,9 @@ def run(cfg: RecRLConfig, reward_fn=None) -> dict:
     stop_reason = "max_steps"
     with MetricsLog(metrics_path, append=resume_from is not None, tensorboard=True, enabled=ranks.is_main) as mlog:
         while step < cfg.max_steps:
-            metrics, batch = trainer.step(gen)  # metrics reduced over ranks
+            # at kl_beta 0 the reference pass still runs on panel steps, so the KL to the warm start is logged
+            measure_kl = cfg.kl_beta == 0 and (step + 1) % cfg.panel_every == 0
+            metrics, batch = trainer.step(gen, measure_kl)  # metrics reduced over ranks
             step += 1
             metrics["charts/peak_memory_mb"] = ranks.max(_peak_mb(device))
             verdict = None  # the drift guard's: good | rollback | stop (None: no check, or an ignored trip)
@@ -441,7 +443,8 @@ def run(cfg: RecRLConfig, reward_fn=None) -> dict:
     panelled = [r for r in rows if "panel/dq" in r]
     if panelled:
         summary.update(panel=[{k: r[k] for k in ("step", "panel/dq", "panel/dq_se", "panel/dctr_pp",
-                                                 "panel/dctr_pp_se", "panel/dfaith1_pts", "panel/dfaith1_pts_se")
+                                                 "panel/dctr_pp_se", "panel/dfaith1_pts", "panel/dfaith1_pts_se",
+                                                 "objective/kl")
                                if k in r} for r in panelled],
                        best_step=best and best["step"])
     monitored = [r for r in rows if "monitor/val_ndcg@10" in r]
