@@ -175,6 +175,20 @@ def test_grounding_counts_only_shown_titles_and_no_self_reason(scorer):
     assert qual.grounding[1] == 0.0 and qual.n_grounded[1] == 1  # capped at 0 without a shown reason
     assert qual.grounding[2] == pytest.approx(-0.5) and qual.n_hallucinated[2] == 1
     assert shown.q[0] > qual.q[1] > qual.q[0]
+    assert qual.q[0] <= scorer.cfg.self_reference_cap == 0.0  # the self-reference cap, not only grounding
+
+
+def test_self_reference_cap_removes_what_the_item_title_buys(scorer):
+    hist, body = np.array([3, 2]), ": it is also an action film with a big heart."
+    text = "Because you enjoyed The Fifth Element, you may like The Fifth Element" + body
+    uncapped = QualityScorer(ITEMS, BowEncoder(), QualityConfig(self_reference_cap=1.0), toxicity=_toxicity)
+    assert uncapped.score([text], [5], [hist], [[2]]).q[0] > 0.0  # without the cap it pays
+    for cap in (0.0, -0.5):
+        capped = QualityScorer(ITEMS, BowEncoder(), QualityConfig(self_reference_cap=cap), toxicity=_toxicity)
+        assert capped.score([text], [5], [hist], [[2]]).q[0] == pytest.approx(cap)
+    assert scorer.score([GOOD], [5], [hist], [[2]]).q[0] > 0.5  # a real reason is not capped
+    with pytest.raises(ValueError, match="self_reference_cap"):
+        QualityConfig(self_reference_cap=1.5)
 
 
 def test_listing_the_shown_history_dilutes_grounding(scorer):

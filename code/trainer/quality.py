@@ -1,8 +1,9 @@
 """Explanation quality ``q ∈ [−1, 1]`` for the user simulator (DESIGN.md §4.3). Pure: no I/O.
 
 ``q = Σ_k w_k · c_k`` with every component ``c_k ∈ [−1, 1]`` and the weights summing to 1, then two
-caps: an unsafe text never scores above ``unsafe_cap``, and a text that copies the prompt's catalogue
-lines never scores above :func:`copy_cap` of its copy rate. "Shown" below is the history the prompt
+caps: an unsafe text never scores above ``unsafe_cap``, a text that copies the prompt's catalogue
+lines never scores above :func:`copy_cap` of its copy rate, and one that names the recommended item as
+its own reason never above ``self_reference_cap``. "Shown" below is the history the prompt
 actually showed (``explainer.prompts.shown_history``: the last ``Prompt.n_history`` items, often fewer
 than ``max_history`` because the token budget drops the oldest); the scorer needs it for every text.
 
@@ -37,7 +38,8 @@ component      weight  what it measures (range [−1, 1])
 
 Caps: toxic (≥ 0.5) or PII → ``q ≤ 0``; :func:`prompt_copy` rate ``c`` (share of the text's words in
 a verbatim copy of a shown catalogue line) → ``q ≤ 1`` for ``c ≤ 0.2``, linear to ``q ≤ 0`` at
-``c ≥ 0.4`` (every ML-100K template reference has ``c = 0``; see docs/simulator.md §2).
+``c ≥ 0.4`` (every ML-100K template reference has ``c = 0``; see docs/simulator.md §2); a
+:func:`self_reference` (the item named as a reason; no ML-100K template reference is one) → ``q ≤ 0``.
 
 Pure functions for evaluation (the same rules as q): :func:`prompt_copy`, :func:`self_reference`,
 :func:`is_unfinished`, :func:`prompt_item_lines`.
@@ -91,6 +93,7 @@ class QualityConfig:
     tox_ok: float = 0.2  # toxicity probability up to which safety is full (benign texts: median 0.03)
     unsafe_tox: float = 0.5  # toxicity probability at/above which the text is unsafe (safety −1, q capped)
     unsafe_cap: float = 0.0  # q of an unsafe text (toxic or PII) is at most this
+    self_reference_cap: float = 0.0  # q of a text naming the item as its own reason is at most this
 
     def __post_init__(self):
         total = self.w_item + self.w_history + self.w_grounding + self.w_form + self.w_safety + self.w_faithfulness
@@ -101,6 +104,8 @@ class QualityConfig:
         if not 0.0 <= self.copy_ok < self.copy_bad <= 1.0 or not -1.0 <= self.copy_cap <= 1.0:
             raise ValueError(f"need 0 ≤ copy_ok < copy_bad ≤ 1 and copy_cap ∈ [−1, 1]; found copy_ok="
                              f"{self.copy_ok}, copy_bad={self.copy_bad}, copy_cap={self.copy_cap}")
+        if not -1.0 <= self.self_reference_cap <= 1.0:
+            raise ValueError(f"self_reference_cap must be in [−1, 1]; found {self.self_reference_cap}")
         if self.max_reasons < 1 or self.copy_n < 2:
             raise ValueError(f"need max_reasons ≥ 1 and copy_n ≥ 2; found {self.max_reasons}, {self.copy_n}")
 
@@ -591,6 +596,11 @@ class QualityScorer:
         # gain whatever it is (the catalogue-line exploit: q 0.997 without it), as the safety cap does, and
         # leaves the other components' weights and calibration as measured.
         q = np.minimum(q, copy_cap(copy, c))
+        # METHOD: nor can naming the item as its own reason. Its grounding penalty (−1 at weight 0.2) was
+        # not enough: the item's title raises the item cosine (0.998 on the self_reference probe), so the
+        # probe kept q ≈ 0.52, and PPO at w_faithfulness 0.3 left 1.6–4.3% of test texts self-referencing
+        # (README, fifth session) against the ≤ 1% target; as for a paste, a cap removes the gain whatever it is
+        q = np.where(selfref, np.minimum(q, c.self_reference_cap), q)
         return Quality(np.clip(q, -1, 1), item, history, grounding, form, safety, n_good.astype(int),
                        n_bad.astype(int), n_unk.astype(int), tox, pii, copy, selfref, unfinished, faithful)
 
