@@ -1,6 +1,6 @@
 """Explanation quality ``q ∈ [−1, 1]`` for the user simulator (DESIGN.md §4.3). Pure: no I/O.
 
-``q = Σ_k w_k · c_k`` with every component ``c_k ∈ [−1, 1]`` and the weights summing to 1, then two
+``q = Σ_k w_k · c_k`` with every component ``c_k ∈ [−1, 1]`` and the weights summing to 1, then three
 caps: an unsafe text never scores above ``unsafe_cap``, a text that copies the prompt's catalogue
 lines never scores above :func:`copy_cap` of its copy rate, and one that names the recommended item as
 its own reason never above ``self_reference_cap``. "Shown" below is the history the prompt
