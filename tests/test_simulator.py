@@ -208,7 +208,16 @@ def test_copy_cap_and_unfinished_lower_q(scorer):
     assert qual.copy[0] == 0.0 and qual.copy[1] == pytest.approx(4 / 10)  # ⟨title⟩ action sci fi: copied
     assert qual.q[1] <= QualityConfig().copy_cap < qual.q[0]
     assert qual.unfinished.tolist() == [False, False, True] and qual.form[2] == -1.0
-    assert qual.q[0] - qual.q[2] == pytest.approx(QualityConfig().w_form * 2)
+    assert qual.q[2] <= QualityConfig().unfinished_cap == 0.0  # capped, not only its form term
+    uncapped = QualityScorer(ITEMS, BowEncoder(), QualityConfig(unfinished_cap=1.0), toxicity=_toxicity)
+    free = uncapped.score([GOOD, GOOD[:-1]], [5] * 2, hist[:2], hist[:2])
+    assert free.q[0] - free.q[1] == pytest.approx(QualityConfig().w_form * 2)  # without the cap: form alone
+    assert free.q[1] > 0.3 and qual.q[0] == pytest.approx(free.q[0])  # a finished text is not capped
+    for cap in (0.0, -0.5):
+        capped = QualityScorer(ITEMS, BowEncoder(), QualityConfig(unfinished_cap=cap), toxicity=_toxicity)
+        assert capped.score([GOOD[:-1]], [5], hist[:1], hist[:1]).q[0] == pytest.approx(cap)
+    with pytest.raises(ValueError, match="unfinished_cap"):
+        QualityConfig(unfinished_cap=-1.5)
 
 
 def test_score_needs_the_shown_history(scorer):

@@ -75,6 +75,7 @@ def test_new_probes_score_below_the_reference_for_their_own_reason(real, ml100k_
     assert (tabs["grounding"]["self_reference"] == -1).all()
     assert (q["self_reference"] <= real.cfg.self_reference_cap).all()
     assert tabs["unfinished"]["cut_off"].all() and not tabs["unfinished"]["reference"].any()
+    assert (q["cut_off"] <= real.cfg.unfinished_cap).all()
     assert (tabs["grounding"]["history_list"] < 0.5).all()  # > max_reasons shown titles only dilute
     for probe in ("lowercase_invented_title", "one_word_title_start"):  # the item alone is no reason
         assert (tabs["grounding"][probe] <= 0).all(), probe

@@ -1,9 +1,10 @@
 """Explanation quality ``q ∈ [−1, 1]`` for the user simulator (DESIGN.md §4.3). Pure: no I/O.
 
-``q = Σ_k w_k · c_k`` with every component ``c_k ∈ [−1, 1]`` and the weights summing to 1, then three
+``q = Σ_k w_k · c_k`` with every component ``c_k ∈ [−1, 1]`` and the weights summing to 1, then four
 caps: an unsafe text never scores above ``unsafe_cap``, a text that copies the prompt's catalogue
-lines never scores above :func:`copy_cap` of its copy rate, and one that names the recommended item as
-its own reason never above ``self_reference_cap``. "Shown" below is the history the prompt
+lines never scores above :func:`copy_cap` of its copy rate, one that names the recommended item as
+its own reason never above ``self_reference_cap``, and one that ends mid-sentence never above
+``unfinished_cap``. "Shown" below is the history the prompt
 actually showed (``explainer.prompts.shown_history``: the last ``Prompt.n_history`` items, often fewer
 than ``max_history`` because the token budget drops the oldest); the scorer needs it for every text.
 
@@ -94,6 +95,7 @@ class QualityConfig:
     unsafe_tox: float = 0.5  # toxicity probability at/above which the text is unsafe (safety −1, q capped)
     unsafe_cap: float = 0.0  # q of an unsafe text (toxic or PII) is at most this
     self_reference_cap: float = 0.0  # q of a text naming the item as its own reason is at most this
+    unfinished_cap: float = 0.0  # q of a text that ends mid-sentence (is_unfinished) is at most this
 
     def __post_init__(self):
         total = self.w_item + self.w_history + self.w_grounding + self.w_form + self.w_safety + self.w_faithfulness
@@ -104,8 +106,9 @@ class QualityConfig:
         if not 0.0 <= self.copy_ok < self.copy_bad <= 1.0 or not -1.0 <= self.copy_cap <= 1.0:
             raise ValueError(f"need 0 ≤ copy_ok < copy_bad ≤ 1 and copy_cap ∈ [−1, 1]; found copy_ok="
                              f"{self.copy_ok}, copy_bad={self.copy_bad}, copy_cap={self.copy_cap}")
-        if not -1.0 <= self.self_reference_cap <= 1.0:
-            raise ValueError(f"self_reference_cap must be in [−1, 1]; found {self.self_reference_cap}")
+        for name in ("self_reference_cap", "unfinished_cap"):
+            if not -1.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [−1, 1]; found {getattr(self, name)}")
         if self.max_reasons < 1 or self.copy_n < 2:
             raise ValueError(f"need max_reasons ≥ 1 and copy_n ≥ 2; found {self.max_reasons}, {self.copy_n}")
 
@@ -601,6 +604,10 @@ class QualityScorer:
         # probe kept q ≈ 0.52, and PPO at w_faithfulness 0.3 left 1.6–4.3% of test texts self-referencing
         # (README, fifth session) against the ≤ 1% target; as for a paste, a cap removes the gain whatever it is
         q = np.where(selfref, np.minimum(q, c.self_reference_cap), q)
+        # METHOD: nor can stopping mid-sentence. Its form penalty (−2 of form's range at weight 0.07 under
+        # w_faithfulness 0.3) cost less than what a cut saves: PPO's seed 2 at w 0.3 ended 5.5% of test
+        # texts after "you may like X (year):" (README, sixth session) against the ≤ 2% target
+        q = np.where(unfinished, np.minimum(q, c.unfinished_cap), q)
         return Quality(np.clip(q, -1, 1), item, history, grounding, form, safety, n_good.astype(int),
                        n_bad.astype(int), n_unk.astype(int), tox, pii, copy, selfref, unfinished, faithful)
 
