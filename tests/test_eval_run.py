@@ -102,6 +102,9 @@ def test_evaluate_run_writes_metrics_and_explanations(runs, monkeypatch):
     slate_rows = [r for r in recs if r["set"] == "slate"]
     assert all(set(r["shown"]) <= set(r["history"]) and r["faith1"] in (0.0, 1.0) for r in slate_rows)
 
+    # the cache keeps texts, never scores: a stale score (a q from before a change to q) is recomputed
+    (cache,) = (runs / "logs" / "ml100k" / "eval_baselines").glob("*.jsonl")
+    cache.write_text("".join(json.dumps({**r, "q": 9.0, "ctr": 9.0}) + "\n" for r in _rows(cache)))
     shielded = evaluate_run.main(EVAL + ["--tag", "shielded"])
     assert shielded["mode"] == "shielded" and shielded["step"] == 1
     assert shielded["ranking"]["max_score_change"] > 0.0  # the store co-adapted (store_lr 0.05)
@@ -110,6 +113,7 @@ def test_evaluate_run_writes_metrics_and_explanations(runs, monkeypatch):
     base_f = [r for r in recs if r["system"] != "recrl"]
     base_s = [r for r in _rows(runs / "logs" / "ml100k" / "shielded" / "explanations.jsonl") if r["system"] != "recrl"]
     assert [r["text"] for r in base_f] == [r["text"] for r in base_s]
+    assert [(r["q"], r["ctr"]) for r in base_f] == [(r["q"], r["ctr"]) for r in base_s]  # re-scored, not read
     # complete → skipped (the manifest records config and inputs)
     mtime = (runs / "logs" / "ml100k" / "shielded" / "eval.json").stat().st_mtime_ns
     evaluate_run.main(EVAL + ["--tag", "shielded"])

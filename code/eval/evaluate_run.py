@@ -14,7 +14,7 @@ seeded ones), per-user top-10 overlap, Kendall τ-b and the largest score change
 Explanations: ``n_users`` seeded test users; see :mod:`.explanations` for the two sets (held-out test
 item → text metrics; a slate item → simulated CTR) and the four systems. Baseline systems' texts are
 cached per dataset under ``logs/<D>/eval_baselines/`` (keyed by everything they depend on), so the
-ablations share them.
+ablations share them; only the texts are reused, every score is recomputed with the current scorer.
 """
 
 from __future__ import annotations
@@ -173,6 +173,19 @@ def baseline_key(cfg: EvalConfig, run_cfg: RecRLConfig, warm_sha: str, ranker_sh
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def cached_texts(cached: list[dict], system: str, sets) -> dict[str, tuple[list[str], list[list[int]]]]:
+    """``{set: (texts, shown)}`` of ``system``'s cached rows in the order of each set's examples, or ``{}``
+    when the cache does not hold exactly those (set, user, item) pairs (then the texts are generated)."""
+    rows = {(r["set"], r["user_id"], r["item_id"]): r for r in cached if r["system"] == system}
+    out = {}
+    for which, exs in sets:
+        hit = [rows.get((which, int(e.user_id), int(e.item_id))) for e in exs]
+        if any(r is None for r in hit):
+            return {}
+        out[which] = ([r["text"] for r in hit], [list(r["shown"]) for r in hit])
+    return out if sum(len(exs) for _, exs in sets) == len(rows) else {}
+
+
 def system_texts(system: str, explainer, ranker, table, examples: list[Example], dec: X.Decoding, seed: int,
                  dataset: str) -> tuple[list[str], list[list[int]]]:
     """(texts, the history items each prompt showed) of one system; the template cites what the warm
@@ -304,23 +317,24 @@ def run(cfg: EvalConfig, force: bool = False) -> dict:
     cached = [json.loads(line) for line in cache.read_text().splitlines()] if cache.exists() else []
     recs: list[dict] = []
     systems = ["recrl", *[s for s in cfg.systems if s != "recrl"]]
+    sets = (("test_item", test_ex), ("slate", slate_ex))
     for system in systems:
         k = X.SYSTEMS.index(system)  # a fixed seed per system, whatever else is evaluated
+        # METHOD: the cache holds a baseline's *texts* (what generation costs); every score below is
+        # recomputed with the current scorer, so a change to q (a cap, a weight) can never pair a run
+        # with a baseline scored under another q
+        reuse = {} if system == "recrl" else cached_texts(cached, system, sets)
         if system == "recrl":
             explainer = explainer_of("recrl")
-        else:
-            reuse = [r for r in cached if r["system"] == system]
-            if reuse:
-                recs.extend(reuse)
-                log.info("%s: %d cached explanations (%s)", system, len(reuse), cache)
-                continue
-            if system == "warm_start":
-                explainer = explainer_of("warm_start")
+        elif system == "warm_start" and not reuse:
+            explainer = explainer_of("warm_start")
+        if reuse:
+            log.info("%s: cached texts, re-scored (%s)", system, cache)
         t0 = time.time()
         new = []
-        for j, (which, exs) in enumerate((("test_item", test_ex), ("slate", slate_ex))):
-            texts, shown = system_texts(system, explainer, ranker, table, exs, dec, cfg.seed * 100 + 10 * k + j,
-                                        cfg.dataset)
+        for j, (which, exs) in enumerate(sets):
+            texts, shown = reuse[which] if reuse else \
+                system_texts(system, explainer, ranker, table, exs, dec, cfg.seed * 100 + 10 * k + j, cfg.dataset)
             u = torch.tensor([e.user_id for e in exs])
             it = torch.tensor([e.item_id for e in exs])
             p, qual = sim.click_prob(u, it, texts, shown)
@@ -329,7 +343,7 @@ def run(cfg: EvalConfig, force: bool = False) -> dict:
                              p.numpy() if which == "slate" else None, qual.toxicity, shown, extra)
         log.info("%s: %d explanations in %.1fs; e.g. %r", system, len(new), time.time() - t0, new[0]["text"])
         recs.extend(new)
-        if system != "recrl":
+        if system != "recrl" and not reuse:
             cached = [r for r in cached if r["system"] != system] + new
             with atomic.atomic_path(cache) as tmp:
                 tmp.write_text("".join(json.dumps(r) + "\n" for r in cached))
