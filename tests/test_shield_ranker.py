@@ -25,13 +25,15 @@ from shielded_recrl.projection.shield import ShieldConfig
 from shielded_recrl.ranker.checkpoint import checkpoint_sha256, load_ranker, save_ranker
 from shielded_recrl.ranker.training import SASRecTrainConfig, train_model
 
+from conftest import intra_op_threads
+
 STORE_LR = 1e-2  # the study's higher store learning rate: an unprojected store then drifts far in 200 steps
 STEPS = 200
 
 
 @pytest.fixture(scope="module")
 def trained(ml100k_processed):
-    torch.set_num_threads(2)
+    torch.set_num_threads(intra_op_threads())
     cfg = SASRecTrainConfig(hidden=64, max_len=50, epochs=3, patience=10, batch_size=128, device="cpu", seed=0)
     model, _ = train_model(cfg, ml100k_processed)
     model.requires_grad_(False)
