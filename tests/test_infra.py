@@ -403,3 +403,24 @@ def test_doc_code_blocks_name_existing_scripts(doc):
     assert paths, f"no script paths found in {doc}'s code blocks"
     missing = sorted(p for p in paths if not (REPO / p).exists())
     assert not missing, f"{doc} names scripts that do not exist: {missing}"
+
+
+def test_run_tests_rejects_a_bad_worker_count_before_any_setup():
+    env = {**os.environ, "RECRL_TEST_WORKERS": "two", "RECRL_VENV": "/nonexistent"}
+    res = subprocess.run(["bash", str(REPO / "scripts" / "run_tests.sh")], env=env, capture_output=True, text=True,
+                         timeout=30)
+    assert res.returncode == 2 and "RECRL_TEST_WORKERS" in res.stderr and "'two'" in res.stderr, res.stderr
+
+
+def test_longest_test_files_are_collected_first_and_the_rest_keep_their_order():
+    import conftest
+
+    class Item:
+        def __init__(self, name):
+            self.path = Path("tests") / name
+
+    names = ["test_a.py", "test_distributed.py", "test_b.py", "test_smoke_driver.py", "test_a.py"]
+    items = [Item(n) for n in names]
+    conftest.pytest_collection_modifyitems(None, items)
+    assert [i.path.name for i in items] == ["test_smoke_driver.py", "test_distributed.py", "test_a.py", "test_b.py",
+                                            "test_a.py"]
