@@ -20,6 +20,8 @@ import yaml
 from shielded_recrl.common.configs import load_yaml, merge_yaml
 from shielded_recrl.dataset.loaders import DATASETS
 
+from test_explainer_unit import converted_smollm2, smollm2_dir, tok  # noqa: F401
+
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENTS = REPO / "experiments"
 
@@ -79,3 +81,17 @@ def test_shipped_yaml_parses_with_its_stage_config(path):
             assert got == value or (isinstance(value, list) and list(got) == value), (rel(path), dataset, key)
         if cls.__name__ == "LoraInitConfig":
             assert cfg.explanation_max_len < cfg.max_seq_len_explainer
+
+
+def test_learning_budgets_let_every_ml100k_reference_text_finish(ml100k_processed, tok):
+    """The learning configuration samples up to ``max_new_tokens`` tokens and its warm start trains on
+    ``explanation_max_len`` − 1 reference tokens plus the end of turn: the longest ML-100K reference text
+    (56 SmolLM2 tokens) fits both, where the earlier budget of 40 cut 1.4% of them."""
+    lengths = [len(ids) for ids in tok(list(ml100k_processed.references["text"]), add_special_tokens=False)["input_ids"]]
+    learn = load_yaml(EXPERIMENTS / "recrl_learn.yaml")
+    warm = load_yaml(EXPERIMENTS / "explainer.yaml")
+    assert max(lengths) <= learn["max_new_tokens"] <= learn["explanation_max_len"], (max(lengths), learn)
+    assert max(lengths) <= warm["explanation_max_len"], (max(lengths), warm)
+    # the same prompt budget in both: PPO prompts show what the warm start was trained on
+    assert learn["max_seq_len_explainer"] - learn["explanation_max_len"] == \
+        warm["max_seq_len_explainer"] - warm["explanation_max_len"]
