@@ -1,6 +1,6 @@
 # Windows counterpart of scripts/run_local_smoke.sh: the smoke pipeline on MovieLens-100K, offline assets.
 #   powershell -ExecutionPolicy Bypass -File scripts\run_local_smoke.ps1 [-Force] [-Dataset ml100k]
-# Sets up (or reuses) the venv through setup_windows.ps1, then runs the same stages with the same flags;
+# Sets up (or reuses) the venv through setup_windows.ps1, then runs the same stages one at a time (bash: --jobs 1);
 # each stage's output goes to logs\smoke\<stage>.log and a failure names the stage and its log.
 # UNTESTED: this project's CI has no PowerShell; keep it in step with run_local_smoke.sh.
 param([switch]$Force, [string]$Dataset = 'ml100k')

@@ -294,3 +294,19 @@ def test_smoke_table_labels_template_overlap_as_fidelity(tmp_path, monkeypatch, 
     assert "| 0.052 | 0.290 | +0.010 [-0.002, +0.020] |" in row and "+2.00 ± 1.00 (0.04)" in row
     warm = next(line for line in out.splitlines() if line.startswith("| warm_start |"))
     assert "| 0.040 | 0.290 | 0 |" in warm
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_smoke_table_prints_the_wall_time_in_all_next_to_the_per_stage_sum(tmp_path, monkeypatch, capsys, jobs):
+    """Stages that ran in two lanes overlap: the table states the wall time in all, and that the per-stage sum
+    exceeds it, rather than passing the sum off as the run's time."""
+    from shielded_recrl.eval import smoke_table
+
+    monkeypatch.setenv("RECRL_ROOT", str(tmp_path))
+    times = tmp_path / "stage_times.tsv"
+    times.write_text("ranker\t10.0\nppo_shielded\t30.0\nppo_frozen\t29.5\n")
+    smoke_table.main(["--dataset", "ml100k", "--times", str(times), "--wall_s", "41.2", "--jobs", str(jobs)])
+    out = capsys.readouterr().out
+    assert "ranker 10.0, ppo_shielded 30.0, ppo_frozen 29.5; sum 69.5" in out
+    assert f"wall time of the stages in all: 41.2 s ({jobs} stage(s) at a time" in out
+    assert ("their sum exceeds it" in out) == (jobs > 1)

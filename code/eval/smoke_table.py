@@ -109,6 +109,9 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="ml100k")
     p.add_argument("--times", default=None, help="stage_times.tsv written by run_local_smoke.sh")
+    p.add_argument("--wall_s", type=float, default=None,
+                   help="the stages' wall time in all, from the first stage's start to the last one's end")
+    p.add_argument("--jobs", type=int, default=1, help="stages the driver ran at once (run_local_smoke.sh --jobs)")
     args = p.parse_args(argv)
     d = args.dataset
 
@@ -170,7 +173,11 @@ def main(argv=None) -> None:
     if args.times and Path(args.times).exists():
         rows = [line.split("\t") for line in Path(args.times).read_text().splitlines() if line.strip()]
         total = sum(float(t) for _, t in rows)
-        print("\nwall time per stage (s): " + ", ".join(f"{n} {float(t):.1f}" for n, t in rows) + f"; total {total:.1f}")
+        print("\nwall time per stage (s): " + ", ".join(f"{n} {float(t):.1f}" for n, t in rows)
+              + f"; sum {total:.1f}")
+        if args.wall_s is not None:
+            print(f"wall time of the stages in all: {args.wall_s:.1f} s ({args.jobs} stage(s) at a time"
+                  + (", so the per-stage times overlap and their sum exceeds it)" if args.jobs > 1 else ")"))
 
 
 if __name__ == "__main__":
