@@ -500,3 +500,13 @@ def test_simulator_from_ranker_equals_the_dense_one(ml100k_processed, z_over):
         sim.slate(torch.tensor([U + 1]))
     with pytest.raises(ValueError, match="slate_size"):
         sim.slate(users[:2], cfg.slate_size + 1)
+
+
+@pytest.mark.parametrize("field", ["unsafe_cap", "self_reference_cap", "unfinished_cap"])
+@pytest.mark.parametrize("value", [-1.5, 1.01])
+def test_every_q_cap_is_range_checked(field, value):
+    """A cap outside q's range [−1, 1] would either never bind or push q below −1: an error, naming the field."""
+    with pytest.raises(ValueError, match=f"{field} must be in"):
+        QualityConfig(**{field: value})
+    QualityConfig(**{field: 1.0})  # the range's ends are fine
+    QualityConfig(**{field: -1.0})

@@ -106,7 +106,7 @@ class QualityConfig:
         if not 0.0 <= self.copy_ok < self.copy_bad <= 1.0 or not -1.0 <= self.copy_cap <= 1.0:
             raise ValueError(f"need 0 ≤ copy_ok < copy_bad ≤ 1 and copy_cap ∈ [−1, 1]; found copy_ok="
                              f"{self.copy_ok}, copy_bad={self.copy_bad}, copy_cap={self.copy_cap}")
-        for name in ("self_reference_cap", "unfinished_cap"):
+        for name in ("unsafe_cap", "self_reference_cap", "unfinished_cap"):
             if not -1.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [−1, 1]; found {getattr(self, name)}")
         if self.max_reasons < 1 or self.copy_n < 2:
