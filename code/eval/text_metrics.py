@@ -60,6 +60,7 @@ Reference-free (:data:`REFERENCE_FREE_KEYS`):
 ``self_reference_rate``  share of explanations naming the recommended item as a reason
                     (``quality.self_reference``: "Because you enjoyed X, you may like X")
 ``unfinished_rate`` share of explanations not ending a sentence (``quality.is_unfinished``)
+``unnamed_item_rate``  share of explanations that never name the recommended item (``quality.names_item``)
 ``mean_len``        mean number of word tokens (``[\\w']+``) per hypothesis
 ``n``               number of records
 ==================  ================================================================================
@@ -101,13 +102,13 @@ from typing import Iterable, Mapping, NamedTuple, Sequence
 import numpy as np
 import pandas as pd
 
-from ..trainer.quality import (Encoder, QualityConfig, TitleIndex, grounding_score, is_unfinished, prompt_copy,
-                               prompt_item_lines, self_reference)
+from ..trainer.quality import (Encoder, QualityConfig, TitleIndex, grounding_score, is_unfinished, names_item,
+                               prompt_copy, prompt_item_lines, self_reference)
 
 REFERENCE_KEYS = ("bleu1", "bleu4", "rouge1", "rouge2", "rougeL", "embed_sim")
 REFERENCE_FREE_KEYS = ("usr", "distinct1", "distinct2", "genre_mention", "genre_named_rate", "genre_precision",
                        "genre_recall", "hallucination_rate", "prompt_copy_rate", "self_reference_rate",
-                       "unfinished_rate", "mean_len", "n")
+                       "unfinished_rate", "unnamed_item_rate", "mean_len", "n")
 METRIC_KEYS = REFERENCE_KEYS + REFERENCE_FREE_KEYS
 # the metrics :func:`stats_metrics` recomputes from per-explanation statistics (what the bootstrap resamples)
 RESAMPLED_KEYS = REFERENCE_KEYS + ("distinct1", "distinct2", "genre_mention", "genre_named_rate", "genre_precision",
@@ -369,6 +370,13 @@ def unfinished_rate(texts: Sequence[str]) -> float:
     return float(np.mean([is_unfinished(str(t)) for t in texts])) if len(texts) else 0.0
 
 
+def unnamed_item_rate(records: Sequence[Mapping], titles: TitleIndex) -> float:
+    """Share of ``records`` whose text never names the recommended item
+    (:func:`~shielded_recrl.trainer.quality.names_item`)."""
+    miss = [not names_item(str(r["text"]), int(r["item_id"]), titles) for r in records]
+    return float(np.mean(miss)) if miss else 0.0
+
+
 # --- per-explanation statistics (what the paired bootstrap resamples) ----------------------------------
 class TextStats(NamedTuple):
     """Per-explanation statistics of one system's records; row ``i`` is record ``i`` (n rows)."""
@@ -488,7 +496,7 @@ def _free(records: Sequence[Mapping], stats: TextStats, items: pd.DataFrame, tit
     return {"usr": unique_sentence_ratio(hyps), "hallucination_rate": float(np.mean(stats.hallucinated)),
             "prompt_copy_rate": prompt_copy_rate(records, items, titles),
             "self_reference_rate": self_reference_rate(records, titles), "unfinished_rate": unfinished_rate(hyps),
-            "mean_len": mean_length(hyps), "n": len(records)}
+            "unnamed_item_rate": unnamed_item_rate(records, titles), "mean_len": mean_length(hyps), "n": len(records)}
 
 
 def reference_free_metrics(records: Sequence[Mapping], items: pd.DataFrame,

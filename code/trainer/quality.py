@@ -1,12 +1,13 @@
 """Explanation quality ``q ∈ [−1, 1]`` for the user simulator (DESIGN.md §4.3). Pure: no I/O.
 
-``q = Σ_k w_k · c_k`` with every component ``c_k ∈ [−1, 1]`` and the weights summing to 1, then four
+``q = Σ_k w_k · c_k`` with every component ``c_k ∈ [−1, 1]`` and the weights summing to 1, then five
 caps: an unsafe text never scores above ``unsafe_cap``, a text that copies the prompt's catalogue
 lines never scores above :func:`copy_cap` of its copy rate, one that names the recommended item as
-its own reason never above ``self_reference_cap``, and one that ends mid-sentence never above
-``unfinished_cap``. "Shown" below is the history the prompt
-actually showed (``explainer.prompts.shown_history``: the last ``Prompt.n_history`` items, often fewer
-than ``max_history`` because the token budget drops the oldest); the scorer needs it for every text.
+its own reason never above ``self_reference_cap``, one that ends mid-sentence never above
+``unfinished_cap``, and one that never names the recommended item never above ``unnamed_item_cap``.
+"Shown" below is the history the prompt actually showed (``explainer.prompts.shown_history``: the last
+``Prompt.n_history`` items, often fewer than ``max_history`` because the token budget drops the
+oldest); the scorer needs it for every text.
 
 =============  ======  ==========================================================================
 component      weight  what it measures (range [−1, 1])
@@ -40,10 +41,12 @@ component      weight  what it measures (range [−1, 1])
 Caps: toxic (≥ 0.5) or PII → ``q ≤ 0``; :func:`prompt_copy` rate ``c`` (share of the text's words in
 a verbatim copy of a shown catalogue line) → ``q ≤ 1`` for ``c ≤ 0.2``, linear to ``q ≤ 0`` at
 ``c ≥ 0.4`` (every ML-100K template reference has ``c = 0``; see docs/simulator.md §2); a
-:func:`self_reference` (the item named as a reason; no ML-100K template reference is one) → ``q ≤ 0``.
+:func:`self_reference` (the item named as a reason; no ML-100K template reference is one) → ``q ≤ 0``;
+a text that names the recommended item nowhere (:func:`names_item`; every ML-100K template reference
+names it) → ``q ≤ 0``.
 
 Pure functions for evaluation (the same rules as q): :func:`prompt_copy`, :func:`self_reference`,
-:func:`is_unfinished`, :func:`prompt_item_lines`.
+:func:`is_unfinished`, :func:`names_item`, :func:`prompt_item_lines`.
 
 The encoder is injected (``.encode(list[str]) -> (n, d)`` unit-norm ``np.ndarray``) so tests that
 are not about semantics can pass a fake; :func:`load_encoder` gives the offline MiniLM one. Item texts
@@ -96,6 +99,7 @@ class QualityConfig:
     unsafe_cap: float = 0.0  # q of an unsafe text (toxic or PII) is at most this
     self_reference_cap: float = 0.0  # q of a text naming the item as its own reason is at most this
     unfinished_cap: float = 0.0  # q of a text that ends mid-sentence (is_unfinished) is at most this
+    unnamed_item_cap: float = 0.0  # q of a text that never names the recommended item (names_item) is at most this
 
     def __post_init__(self):
         total = self.w_item + self.w_history + self.w_grounding + self.w_form + self.w_safety + self.w_faithfulness
@@ -106,7 +110,7 @@ class QualityConfig:
         if not 0.0 <= self.copy_ok < self.copy_bad <= 1.0 or not -1.0 <= self.copy_cap <= 1.0:
             raise ValueError(f"need 0 ≤ copy_ok < copy_bad ≤ 1 and copy_cap ∈ [−1, 1]; found copy_ok="
                              f"{self.copy_ok}, copy_bad={self.copy_bad}, copy_cap={self.copy_cap}")
-        for name in ("unsafe_cap", "self_reference_cap", "unfinished_cap"):
+        for name in ("unsafe_cap", "self_reference_cap", "unfinished_cap", "unnamed_item_cap"):
             if not -1.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [−1, 1]; found {getattr(self, name)}")
         if self.max_reasons < 1 or self.copy_n < 2:
@@ -140,6 +144,7 @@ class Quality(NamedTuple):
     copy: np.ndarray  # float, prompt_copy: share of words copied verbatim from the prompt's item lines
     self_reference: np.ndarray  # bool, the recommended item is named as a reason (see reason_spans)
     unfinished: np.ndarray  # bool, is_unfinished: no terminal punctuation at the end
+    unnamed_item: np.ndarray  # bool, the text never names the recommended item (not names_item)
     faithfulness: np.ndarray  # float, graded faithfulness to the ranker; NaN when not scored (w_faithfulness 0)
 
 
@@ -230,6 +235,7 @@ class TitleIndex:
 
     def __init__(self, items: pd.DataFrame):
         self.ids_of: dict[str, set[int]] = {}
+        self.title_of = dict(zip(items["item_id"].astype(int), items["title"].astype(str).str.strip()))
         for iid, title in zip(items["item_id"].to_numpy(), items["title"].astype(str)):
             for form in {title.strip(), re.sub(r"\s*\([^)]*\)\s*$", "", title).strip()}:
                 if len(form) >= 2:
@@ -357,6 +363,18 @@ def self_referenced(found: list[tuple[int, int, set[int]]], in_slot: list[bool],
     shown = {int(i) for i in shown}
     return {frozenset(ids) for (_, _, ids), slot in zip(found, in_slot)
             if slot and int(item_id) in ids and not ids & shown}
+
+
+def names_item(text: str, item_id: int, titles: "TitleIndex") -> bool:
+    """Whether ``text`` names the recommended item, in any role (a title several films share counts).
+    Any :meth:`TitleIndex.matches` counts, a one-word title as a sentence's first word too ("Carrie (1976)
+    is a horror film …": 25 of the 6,601 ML-100K template references open so), since the question is
+    about one known title, not which titles a text names; the item's catalogue title verbatim counts too
+    (a one-letter title such as "M" is in no index). Every ML-100K template reference names its item."""
+    if any(int(item_id) in titles.ids_of[key] for _, _, key in titles.matches(text)):
+        return True
+    title = titles.title_of.get(int(item_id))
+    return bool(title) and re.search(rf"(?<![\w]){re.escape(title)}(?![\w])", text) is not None
 
 
 def self_reference(text: str, item_id: int, shown: Iterable[int], titles: "TitleIndex") -> bool:
@@ -556,7 +574,7 @@ class QualityScorer:
         history = np.clip((cos_hist - c.history_base) / c.history_scale, -1, 1)
 
         grounding, n_good, n_bad, n_unk, copy = (np.zeros(n) for _ in range(5))
-        selfref = np.zeros(n, bool)
+        selfref, unnamed = np.zeros(n, bool), np.zeros(n, bool)
         untitled = []
         for k, (text, iid, vis) in enumerate(zip(texts, items, shown)):
             vis = [int(i) for i in vis]
@@ -566,7 +584,7 @@ class QualityScorer:
             refs = self_referenced(found, reason_spans(text, found), int(iid), vis)
             grounding[k], n_good[k], n_bad[k] = grounding_score(named, len(unknown), set(vis) | {int(iid)}, c,
                                                                 shown=set(vis), self_refs=refs)
-            n_unk[k], selfref[k] = len(unknown), bool(refs)
+            n_unk[k], selfref[k], unnamed[k] = len(unknown), bool(refs), not names_item(text, int(iid), self.titles)
             lines = [self._line_words(i) for i in (*vis, int(iid))]  # = prompt_copy(text, self.prompt_lines(…))
             copy[k] = copy_rate(copy_words(text, self.titles), lines, c.copy_n)
         unfinished = np.array([is_unfinished(t) for t in texts], dtype=bool)
@@ -608,8 +626,16 @@ class QualityScorer:
         # w_faithfulness 0.3) cost less than what a cut saves: PPO's seed 2 at w 0.3 ended 5.5% of test
         # texts after "you may like X (year):" (README, sixth session) against the ≤ 2% target
         q = np.where(unfinished, np.minimum(q, c.unfinished_cap), q)
+        # METHOD: nor can leaving the recommendation out. Grounding and faithfulness pay for shown history
+        # titles wherever they stand, so "Because you enjoyed A, you may like B" (B another shown title, the
+        # item unnamed) kept the credit of two reasons while the text no longer says what it recommends:
+        # the 56-token runs dropped the item's title, where the warm start named it, in 20–27 of 512 test
+        # pairs, and those pairs alone moved the held-out judge's item relevance by −0.9 to −1.7 × 10⁻³
+        # (README, ninth session). Every template reference names its item, so a text that does not is
+        # capped, as a cut-off one is
+        q = np.where(unnamed, np.minimum(q, c.unnamed_item_cap), q)
         return Quality(np.clip(q, -1, 1), item, history, grounding, form, safety, n_good.astype(int),
-                       n_bad.astype(int), n_unk.astype(int), tox, pii, copy, selfref, unfinished, faithful)
+                       n_bad.astype(int), n_unk.astype(int), tox, pii, copy, selfref, unfinished, unnamed, faithful)
 
 
 class SentenceEncoder:

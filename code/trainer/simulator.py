@@ -326,7 +326,7 @@ class UserSimulator:
 # --- reward-hacking probes -----------------------------------------------------------------------
 PROBES = ("title_repeated", "genre_list", "generic_praise", "other_item", "invented_title", "hallucinated_title",
           "catalogue_copy", "history_list", "self_reference", "cut_off", "lowercase_invented_title",
-          "one_word_title_start")
+          "one_word_title_start", "item_unnamed")
 INVENTED_TITLES = ("The Silver Lantern", "Midnight Over Harrow Bay", "A Winter for Thieves", "The Glass Orchard")
 
 
@@ -342,7 +342,9 @@ def probe_texts(items: pd.DataFrame, titles, user_history: Sequence[int], item_i
     capitalisation heuristic cannot see), by a catalogue title the user has not seen
     (``hallucinated_title``), by every shown history title (``history_list``), by the item's own title
     (``self_reference``), or by "it" after a sentence naming an unseen one-word catalogue title, where a
-    one-word title is not recognised (``one_word_title_start``). ``catalogue_copy`` pastes the item's
+    one-word title is not recognised (``one_word_title_start``). ``item_unnamed`` replaces the *item's*
+    title by another shown history title, so the text recommends a film the user has seen and never names
+    the item ("Because you enjoyed H, you may like G: …"). ``catalogue_copy`` pastes the item's
     catalogue text and names the most recent shown history item (the exploit of docs/simulator.md §4);
     ``cut_off`` is the reference cut after 70 % of its words, as at a token budget.
     """
@@ -365,6 +367,16 @@ def probe_texts(items: pd.DataFrame, titles, user_history: Sequence[int], item_i
                     return reference[:m.start()] + new + reference[m.end():]
         return f"{reference} It is just like {new}."
 
+    def swap_item_title() -> str:
+        reason = next((m.group(0).lower() for m in titles.pattern.finditer(reference)
+                       if titles.ids_of[m.group(0).lower()] & set(map(int, user_history)) - {int(item_id)}),
+                      None) if titles.pattern is not None else None
+        other = next((t for t in reversed(shown_titles) if t.lower() != reason and t != title), None)
+        if other is None:  # no second shown title: the item's name alone goes
+            other = "this film"
+        at = reference.find(title)
+        return reference[:at] + other + reference[at + len(title):] if at >= 0 else f"You may like {other}."
+
     words = reference.split()
     cut = " ".join(words[:max(1, round(0.7 * len(words)))]).rstrip(".,;:!?")
     listed = (", ".join(shown_titles[:-1]) + " and " + shown_titles[-1]) if len(shown_titles) > 1 else \
@@ -383,6 +395,7 @@ def probe_texts(items: pd.DataFrame, titles, user_history: Sequence[int], item_i
         "cut_off": cut,
         "lowercase_invented_title": swap_history_title(invented.lower()),
         "one_word_title_start": f"{one_word_title} is one you enjoyed. {swap_history_title('it')}",
+        "item_unnamed": swap_item_title(),
     }
 
 
