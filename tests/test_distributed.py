@@ -75,7 +75,12 @@ def test_ppo_on_two_ranks(ml100k_processed, tiny_dir, tmp_path, monkeypatch):  #
             got, want, before = upd[r][adv]["ddp"], upd[0][adv]["single"], upd[r][adv]["before"]
             for part in ("policy", "bridge", "value_head"):
                 close(got[part], want[part], f"{adv} rank {r} {part}")
-            torch.testing.assert_close(got["store"], want["store"], rtol=1e-5, atol=2e-5)
+            # the store: within 0.1% of its largest step. Its lr (5e-2) is 5× the policy's and Adam normalises
+            # each entry's gradient, so an entry whose gradient is near its rounding floor can take a step that
+            # differs by a few 1e-5 from one machine's summation order to another's (3.1e-5 on 1 of 656 entries
+            # on one 2-core machine, < 2e-5 on another)
+            step = (want["store"] - before["store"]).abs().max()
+            assert (got["store"] - want["store"]).abs().max() <= 1e-3 * step, (adv, r, step, (got["store"] - want["store"]).abs().max())
             # AdamW's step hardly depends on the gradient's scale; its norm (before clipping) does
             assert upd[r][adv]["ddp_stats"]["grad_norm"] == pytest.approx(
                 upd[0][adv]["single_stats"]["grad_norm"], rel=1e-5)
