@@ -360,20 +360,19 @@ def probe_texts(items: pd.DataFrame, titles, user_history: Sequence[int], item_i
     one_word_title = str(by_id.loc[rng.choice(one_word), "title"])
     shown_titles = [str(by_id.loc[int(i), "title"]) for i in shown]
 
+    past = set(map(int, user_history)) - {int(item_id)}
+    # the reference's history title H: its first catalogue title that is a past item (None if none)
+    reason = next((m for m in titles.pattern.finditer(reference) if titles.ids_of[m.group(0).lower()] & past),
+                  None) if titles.pattern is not None else None
+
     def swap_history_title(new: str) -> str:
-        if titles.pattern is not None:
-            for m in titles.pattern.finditer(reference):
-                if titles.ids_of[m.group(0).lower()] & set(map(int, user_history)) - {int(item_id)}:
-                    return reference[:m.start()] + new + reference[m.end():]
+        if reason is not None:
+            return reference[:reason.start()] + new + reference[reason.end():]
         return f"{reference} It is just like {new}."
 
     def swap_item_title() -> str:
-        reason = next((m.group(0).lower() for m in titles.pattern.finditer(reference)
-                       if titles.ids_of[m.group(0).lower()] & set(map(int, user_history)) - {int(item_id)}),
-                      None) if titles.pattern is not None else None
-        other = next((t for t in reversed(shown_titles) if t.lower() != reason and t != title), None)
-        if other is None:  # no second shown title: the item's name alone goes
-            other = "this film"
+        h = reason.group(0).lower() if reason is not None else None
+        other = next((t for t in reversed(shown_titles) if t.lower() != h and t != title), "this film")
         at = reference.find(title)
         return reference[:at] + other + reference[at + len(title):] if at >= 0 else f"You may like {other}."
 
