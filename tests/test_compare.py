@@ -254,3 +254,26 @@ def test_bootstrap_of_256_users_is_fast():
     t0 = time.perf_counter()
     out = bootstrap_stats(a, b, n_boot=1000)
     assert time.perf_counter() - t0 < 10.0 and out["bleu4"]["n_boot"] == 1000
+
+
+def test_title_masked_judge_text_pays_nothing_for_a_title_said_twice():
+    import pandas as pd
+
+    from shielded_recrl.eval.judge import TITLE_MASK, mask_titles, title_masked
+    from shielded_recrl.trainer.quality import TitleIndex
+
+    items = pd.DataFrame({"item_id": [1, 2, 3], "title": ["Toy Story", "GoldenEye", "M"],
+                          "text": ["Toy Story (1995). Animation.", "GoldenEye (1995). Action.", "M (1931). Crime."]})
+    titles = TitleIndex(items)
+    reason = "Because you enjoyed Toy Story, you may like GoldenEye (1995): it is an action film."
+    self_ref = "Because you enjoyed GoldenEye, you may like GoldenEye (1995): it is an action film."
+    masked = f"Because you enjoyed {TITLE_MASK}, you may like {TITLE_MASK} (1995): it is an action film."
+    assert title_masked(titles, reason, 2, "GoldenEye (1995). Action.") == (masked, f"{TITLE_MASK} (1995). Action.")
+    assert title_masked(titles, self_ref, 2, "GoldenEye (1995). Action.")[0] == masked
+    # a title no index holds (one letter) is masked verbatim, at word boundaries only
+    text, item = title_masked(titles, "You may like M (1931), a Mystery.", 3, "M (1931). Crime.")
+    assert text == f"You may like {TITLE_MASK} (1931), a Mystery." and item == f"{TITLE_MASK} (1931). Crime."
+    assert title_masked(titles, "Nothing named here.", 1, "Toy Story (1995). Animation.")[0] == "Nothing named here."
+    assert mask_titles("ab cd", [(3, 5), (0, 2)]) == f"{TITLE_MASK} {TITLE_MASK}"
+    with pytest.raises(ValueError, match="overlapping"):
+        mask_titles("abcdef", [(0, 3), (2, 4)])

@@ -80,7 +80,7 @@ def test_evaluate_run_writes_metrics_and_explanations(runs, monkeypatch):
     vs = frozen["vs_warm_start"]
     assert set(vs) == {"recrl", "base", "template"}
     for field in ("ctr", "q", "faith1", "hallucinated", "prompt_copy", "self_reference", "unfinished",
-                  "unnamed_item", "judge", "judge_item", "judge_history"):
+                  "unnamed_item", "judge", "judge_item", "judge_history", "judge_masked", "judge_item_masked"):
         c = vs["recrl"][field]
         assert c["n"] == 4 and c["ci_low"] <= c["diff"] <= c["ci_high"] and 0.0 <= c["p"] <= 1.0, field
     # text metrics: reference-based ones only per reference source, never pooled into "systems"
@@ -118,6 +118,23 @@ def test_evaluate_run_writes_metrics_and_explanations(runs, monkeypatch):
     mtime = (runs / "logs" / "ml100k" / "shielded" / "eval.json").stat().st_mtime_ns
     evaluate_run.main(EVAL + ["--tag", "shielded"])
     assert (runs / "logs" / "ml100k" / "shielded" / "eval.json").stat().st_mtime_ns == mtime
+
+    # --rescore scores the last evaluation's texts again and generates nothing (no explainer is built)
+    def no_generation(*args, **kwargs):
+        raise AssertionError("--rescore built an explainer")
+
+    def fields(rows):
+        return [(r["system"], r["text"], r["q"], r["judge"], r["judge_masked"]) for r in rows]
+
+    saved = runs / "logs" / "ml100k" / "shielded" / "explanations.jsonl"
+    before = fields(_rows(saved))
+    monkeypatch.setattr(evaluate_run.run_folder, "build_explainer", no_generation)
+    again = evaluate_run.main(EVAL + ["--tag", "shielded", "--rescore"])
+    assert fields(_rows(saved)) == before
+    assert again["vs_warm_start"] == shielded["vs_warm_start"]
+    assert {"judge_masked", "judge_item_masked"} <= set(again["vs_warm_start"]["recrl"])
+    with pytest.raises(InputError, match="Run without --rescore"):  # other users: the saved texts do not fit
+        evaluate_run.main(EVAL + ["--tag", "shielded", "--rescore", "--n_users", "3"])
 
 
 def ml100k_targets(root: Path):

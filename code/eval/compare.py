@@ -39,6 +39,8 @@ FIELDS = {
     "judge": "slate",            # the held-out judge: 0.6 · judge_item + 0.4 · judge_history (eval/judge.py)
     "judge_item": "slate",       # its relevance to the item (a second encoder, never in the reward)
     "judge_history": "slate",    # its relevance to the user's history window
+    "judge_masked": "slate",     # the judge with judge_item_masked for judge_item (eval/judge.py)
+    "judge_item_masked": "slate",  # item relevance with every title masked (the item's, twice, pays nothing)
 }
 
 

