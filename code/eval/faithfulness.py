@@ -57,6 +57,19 @@ def named_shown_items(titles, texts: Sequence[str], shown: Sequence[Sequence[int
     return out
 
 
+def names_latest(named: Sequence[set[int]], shown: Sequence[Sequence[int]]) -> np.ndarray:
+    """Per text, whether it names the most recent shown item (``shown`` oldest first, as the prompt lists
+    them; 0 entries are padding): the positional reason, the ranker's top contributor in about half the
+    pairs (docs/faithfulness.md §4). (n,) bool"""
+    if len(named) != len(shown):
+        raise ValueError(f"one shown-item list per text expected; found {len(named)} and {len(shown)}")
+    out = np.zeros(len(named), dtype=bool)
+    for n, (ids, row) in enumerate(zip(named, shown)):
+        row = [int(i) for i in row if int(i) > 0]
+        out[n] = bool(row) and row[-1] in ids
+    return out
+
+
 # --- the ranker's side ---------------------------------------------------------------------------------
 def top_contributors(items, contributions, k: int) -> list[set[int]]:
     """Per pair, the shown item ids with a positive drop at least the k-th largest (ties included)."""
