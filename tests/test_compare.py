@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import importlib.util
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from shielded_recrl.eval.compare import compare_runs, compare_systems, paired
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_paired_matches_a_hand_computed_t_test():
@@ -259,7 +262,7 @@ def test_bootstrap_of_256_users_is_fast():
 def test_title_masked_judge_text_pays_nothing_for_a_title_said_twice():
     import pandas as pd
 
-    from shielded_recrl.eval.judge import TITLE_MASK, mask_titles, title_masked
+    from shielded_recrl.eval.judge import TITLE_MASK, mask_titles, masked_title_count, title_masked
     from shielded_recrl.trainer.quality import TitleIndex
 
     items = pd.DataFrame({"item_id": [1, 2, 3], "title": ["Toy Story", "GoldenEye", "M"],
@@ -270,6 +273,8 @@ def test_title_masked_judge_text_pays_nothing_for_a_title_said_twice():
     masked = f"Because you enjoyed {TITLE_MASK}, you may like {TITLE_MASK} (1995): it is an action film."
     assert title_masked(titles, reason, 2, "GoldenEye (1995). Action.") == (masked, f"{TITLE_MASK} (1995). Action.")
     assert title_masked(titles, self_ref, 2, "GoldenEye (1995). Action.")[0] == masked
+    assert masked_title_count(titles, reason, 2) == masked_title_count(titles, self_ref, 2) == 2
+    assert masked_title_count(titles, "You may like Golden Eye (1995).", 2) == 0  # a misspelt title stays
     # a title no index holds (one letter) is masked verbatim, at word boundaries only
     text, item = title_masked(titles, "You may like M (1931), a Mystery.", 3, "M (1931). Crime.")
     assert text == f"You may like {TITLE_MASK} (1931), a Mystery." and item == f"{TITLE_MASK} (1931). Crime."
@@ -277,3 +282,27 @@ def test_title_masked_judge_text_pays_nothing_for_a_title_said_twice():
     assert mask_titles("ab cd", [(3, 5), (0, 2)]) == f"{TITLE_MASK} {TITLE_MASK}"
     with pytest.raises(ValueError, match="overlapping"):
         mask_titles("abcdef", [(0, 3), (2, 4)])
+
+
+def test_judge_mask_split_pairs_only_equal_title_counts():
+    import pandas as pd
+
+    from shielded_recrl.trainer.quality import TitleIndex
+
+    spec = importlib.util.spec_from_file_location("judge_mask_split", REPO / "scripts" / "judge_mask_split.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    titles = TitleIndex(pd.DataFrame({"item_id": [1, 2], "title": ["Toy Story", "GoldenEye"]}))
+    two, one = "Because you enjoyed Toy Story, you may like GoldenEye.", "Because you enjoyed Toy Stori, you may like GoldenEye."
+
+    def row(system, user, text, masked):
+        return {"system": system, "set": "slate", "user_id": user, "item_id": 2, "text": text,
+                "judge_item_masked": masked, "judge_item": 0.5}
+
+    recs = [row("recrl", 1, two, 0.9), row("warm_start", 1, two, 0.8), row("recrl", 2, two, 0.9),
+            row("warm_start", 2, one, 0.1), row("recrl", 3, one, 0.7), row("warm_start", 3, one, 0.4)]
+    s = mod.split(recs, titles)
+    assert (s["more"], s["fewer"]) == (1, 0)
+    assert s["all"]["judge_item_masked"]["n"] == 3 and s["same_count"]["judge_item_masked"]["n"] == 2
+    assert s["same_count"]["judge_item_masked"]["diff"] == pytest.approx(0.2)  # users 1 and 3 only
+    assert s["all"]["judge_item_masked"]["diff"] == pytest.approx(1.2 / 3)

@@ -120,10 +120,22 @@ def title_masked(titles, text: str, item_id: int, item_text: str) -> tuple[str, 
     ``titles.matches`` span (a ``TitleIndex``; one-word titles opening a sentence included) and the item's
     catalogue title verbatim where no match covers it (a one-letter title such as "M" is in no index); in
     the item text its own title."""
+    title = titles.title_of.get(int(item_id), "")
+    return mask_titles(text, _title_spans(titles, text, item_id)), mask_titles(item_text, _verbatim(item_text, title)[:1])
+
+
+def _title_spans(titles, text: str, item_id: int) -> list[tuple[int, int]]:
     spans = [(a, b) for a, b, _ in titles.matches(text)]
     title = titles.title_of.get(int(item_id), "")
-    spans += [(a, b) for a, b in _verbatim(text, title) if not any(a < y and x < b for x, y in spans)]
-    return mask_titles(text, spans), mask_titles(item_text, _verbatim(item_text, title)[:1])
+    return spans + [(a, b) for a, b in _verbatim(text, title) if not any(a < y and x < b for x, y in spans)]
+
+
+def masked_title_count(titles, text: str, item_id: int) -> int:
+    """How many titles :func:`title_masked` replaces in ``text``. Every one becomes :data:`TITLE_MASK`, and the
+    masked item text holds it once, so a text that names more titles correctly shares more words with its
+    item under the mask: compare systems on pairs with equal counts to see the item part without that
+    (``scripts/judge_mask_split.py``)."""
+    return len(_title_spans(titles, text, item_id))
 
 
 # judge = item · w_item + history · w_history: q's relevance weights (0.30, 0.20) normalised to sum to 1
