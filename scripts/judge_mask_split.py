@@ -30,9 +30,10 @@ def split(records: list[dict], titles, system: str = "recrl", baseline: str = "w
     """``{"all" | "same_count": {field: Comparison dict}, "more": n, "fewer": n}`` of ``system`` − ``baseline``."""
     slate = [r for r in records if r["set"] == "slate" and r["system"] in (system, baseline)]
     count = {(r["system"], int(r["user_id"])): masked_title_count(titles, r["text"], r["item_id"]) for r in slate}
-    diff = {u: count[(system, u)] - count[(baseline, u)] for s, u in count if s == system}
-    if any((baseline, u) not in count for u in diff):
+    users = {u for s, u in count if s == system}
+    if any((baseline, u) not in count for u in users):
         raise ValueError(f"{system} and {baseline} must explain the same users")
+    diff = {u: count[(system, u)] - count[(baseline, u)] for u in users}
     same = [r for r in slate if diff[int(r["user_id"])] == 0]
     return {"all": compare_systems(slate, baseline, FIELDS)[system],
             "same_count": compare_systems(same, baseline, FIELDS)[system] if same else {},

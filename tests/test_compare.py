@@ -306,3 +306,5 @@ def test_judge_mask_split_pairs_only_equal_title_counts():
     assert s["all"]["judge_item_masked"]["n"] == 3 and s["same_count"]["judge_item_masked"]["n"] == 2
     assert s["same_count"]["judge_item_masked"]["diff"] == pytest.approx(0.2)  # users 1 and 3 only
     assert s["all"]["judge_item_masked"]["diff"] == pytest.approx(1.2 / 3)
+    with pytest.raises(ValueError, match="the same users"):
+        mod.split(recs[:-1], titles)

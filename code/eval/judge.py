@@ -32,10 +32,11 @@ Pure apart from loading the encoder (``load_judge``).
 
 from __future__ import annotations
 
-import re
 from typing import Protocol, Sequence
 
 import numpy as np
+
+from ..trainer.quality import verbatim_spans
 
 
 class Encoder(Protocol):
@@ -109,25 +110,19 @@ def mask_titles(text: str, spans: Sequence[tuple[int, int]]) -> str:
     return "".join(out + [text[last:]])
 
 
-def _verbatim(text: str, title: str) -> list[tuple[int, int]]:
-    if not title:
-        return []
-    return [m.span() for m in re.finditer(rf"(?<![\w]){re.escape(title)}(?![\w])", text)]
-
-
 def title_masked(titles, text: str, item_id: int, item_text: str) -> tuple[str, str]:
     """``(explanation, item text)`` with titles masked (:func:`mask_titles`): in the explanation every
     ``titles.matches`` span (a ``TitleIndex``; one-word titles opening a sentence included) and the item's
     catalogue title verbatim where no match covers it (a one-letter title such as "M" is in no index); in
     the item text its own title."""
-    title = titles.title_of.get(int(item_id), "")
-    return mask_titles(text, _title_spans(titles, text, item_id)), mask_titles(item_text, _verbatim(item_text, title)[:1])
+    own = verbatim_spans(item_text, titles.title_of.get(int(item_id), ""))[:1]
+    return mask_titles(text, _title_spans(titles, text, item_id)), mask_titles(item_text, own)
 
 
 def _title_spans(titles, text: str, item_id: int) -> list[tuple[int, int]]:
     spans = [(a, b) for a, b, _ in titles.matches(text)]
-    title = titles.title_of.get(int(item_id), "")
-    return spans + [(a, b) for a, b in _verbatim(text, title) if not any(a < y and x < b for x, y in spans)]
+    own = verbatim_spans(text, titles.title_of.get(int(item_id), ""))
+    return spans + [(a, b) for a, b in own if not any(a < y and x < b for x, y in spans)]
 
 
 def masked_title_count(titles, text: str, item_id: int) -> int:

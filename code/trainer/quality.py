@@ -373,8 +373,14 @@ def names_item(text: str, item_id: int, titles: "TitleIndex") -> bool:
     (a one-letter title such as "M" is in no index). Every ML-100K template reference names its item."""
     if any(int(item_id) in titles.ids_of[key] for _, _, key in titles.matches(text)):
         return True
-    title = titles.title_of.get(int(item_id))
-    return bool(title) and re.search(rf"(?<![\w]){re.escape(title)}(?![\w])", text) is not None
+    return bool(verbatim_spans(text, titles.title_of.get(int(item_id), "")))
+
+
+def verbatim_spans(text: str, title: str) -> list[tuple[int, int]]:
+    """``(start, end)`` of every occurrence of ``title`` in ``text`` exactly as written, at word boundaries."""
+    if not title:
+        return []
+    return [m.span() for m in re.finditer(rf"(?<![\w]){re.escape(title)}(?![\w])", text)]
 
 
 def self_reference(text: str, item_id: int, shown: Iterable[int], titles: "TitleIndex") -> bool:
