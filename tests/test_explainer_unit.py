@@ -554,3 +554,57 @@ def test_gguf_conversion_builds_the_tensor_name_map_once_and_restores_gguf():
         assert gguf.get_tensor_name_map(arch, 3) is not a
         assert a.get_name("token_embd") == original(arch, 2).get_name("token_embd")
     assert gguf.get_tensor_name_map is original
+
+
+# --- the prompt's main-reason line (PromptSettings.ranker_reason) -----------------------------------
+
+def test_top_shown_picks_the_largest_positive_drop_among_shown_items():
+    from shielded_recrl.explainer.prompts import top_shown
+
+    nan = float("nan")
+    assert top_shown([0.9, 0.1, 0.5, 0.2], 3) == 2      # 0.9 is not shown (only the last 3 are)
+    assert top_shown([0.9, 0.1, 0.5, 0.2], 4) == 0
+    assert top_shown([0.3, 0.3], 2) == 1                 # ties go to the more recent item
+    assert top_shown([nan, -0.1, 0.0], 3) is None        # no deletion lowers the score: no reason
+    assert top_shown([0.2, nan], 2) == 0
+    assert top_shown(None, 3) is None and top_shown([0.5], 0) is None
+
+
+def test_reason_line_names_a_shown_item_even_after_truncation(tok):
+    hist = [CATALOG[i] for i in range(1, 11)]
+    contribs = [5.0] + [0.1] * 8 + [0.2]                 # the oldest item would be the reason, if shown
+    full = build_prompt(tok, hist, CATALOG[30], 10_000, kind="movie", contributions=contribs)
+    assert "The recommender's main reason: Movie Number 1\n" in tok.decode(full.ids)
+    cut = build_prompt(tok, hist, CATALOG[30], len(full.ids) - 30, kind="movie", contributions=contribs)
+    assert 0 < cut.n_history < 10
+    assert "The recommender's main reason: Movie Number 10\n" in tok.decode(cut.ids)  # the best shown one
+    none = build_prompt(tok, hist, CATALOG[30], 10_000, kind="movie", contributions=[-1.0] * 10)
+    plain = build_prompt(tok, hist, CATALOG[30], 10_000, kind="movie")
+    assert none.ids == plain.ids and "main reason" not in tok.decode(plain.ids)
+    with pytest.raises(ValueError, match="one contribution per history item"):
+        build_prompt(tok, hist, CATALOG[30], 10_000, kind="movie", contributions=[1.0])
+
+
+def test_explainer_reason_is_the_rankers_top_contributor_among_shown_items(tiny_dir):
+    from shielded_recrl.eval.faithfulness import top_contributor
+    from shielded_recrl.explainer.prompts import shown_history
+    from shielded_recrl.ranker.attribution import shown_attribution
+
+    ex = make_explainer(tiny_dir)
+    ex.settings = dataclasses.replace(ex.settings, ranker_reason=True)
+    prompts = ex.prompts(EXAMPLES)
+    assert [p.ids for p in prompts] == [ex.prompt(e).ids for e in EXAMPLES]  # batched = one at a time
+    n_lines = 0
+    for e, p in zip(EXAMPLES, prompts):
+        shown = [int(i) for i in shown_history(e.history, p.n_history)]
+        attr = shown_attribution(ex.ranker, [e.history], [e.item_id], [shown])
+        top = int(top_contributor(attr.items, attr.contributions)[0])
+        text = ex.tok.decode(p.ids)
+        if top:
+            assert f"The recommender's main reason: Movie Number {top}\n" in text
+            n_lines += 1
+        else:
+            assert "main reason" not in text
+    assert n_lines >= 2  # the check above is not vacuous
+    with pytest.raises(ValueError, match="main-reason line"):
+        Explainer(ex.model, ex.tok, CATALOG, ex.settings, bridge=None, ranker=None)

@@ -86,13 +86,15 @@ def explain(explainer: Explainer, examples: Sequence[Example], dec: Decoding, se
 def shown_items(explainer: Explainer, examples: Sequence[Example]) -> list[list[int]]:
     """The history items each example's prompt shows under ``explainer``'s prompt settings (what its
     explanation may cite; the token budget decides how many)."""
-    return [[int(i) for i in shown_history(ex.history, explainer.prompt(ex).n_history)] for ex in examples]
+    return [[int(i) for i in shown_history(ex.history, p.n_history)]
+            for ex, p in zip(examples, explainer.prompts(examples))]
 
 
 @contextlib.contextmanager
 def base_model(explainer: Explainer) -> Iterator[Explainer]:
     """The same base LLM with its LoRA adapters disabled and no bridge: a plain text prompt."""
-    plain = Explainer(explainer.model, explainer.tok, explainer.catalog, explainer.settings, bridge=None)
+    plain = Explainer(explainer.model, explainer.tok, explainer.catalog, explainer.settings, bridge=None,
+                      ranker=explainer.ranker)  # the ranker only for the prompt's main-reason line, if any
     with explainer.model.disable_adapter():
         yield plain
 

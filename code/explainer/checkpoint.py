@@ -123,5 +123,10 @@ def load_explainer(folder: str | os.PathLike, *, items, ranker=None, device="cpu
         bridge.requires_grad_(trainable)
         freeze_ranker(ranker)
     settings = PromptSettings(**info["prompt"])
+    if settings.ranker_reason:
+        if ranker is None:
+            raise InputError(folder / INFO, "a ranker for the prompt's main-reason line (ranker_reason is on)",
+                             "none given", "Pass --ranker_ckpt (the checkpoint the warm start used).")
+        freeze_ranker(ranker)
     model.eval()
     return Explainer(model, tok, ItemCatalog(items), settings, bridge, ranker), info

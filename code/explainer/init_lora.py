@@ -78,6 +78,10 @@ class LoraInitConfig(SFTSettings):
     max_seq_len_explainer: int = dataclasses.field(default=256, metadata={"help": "prompt + response tokens"})
     explanation_max_len: int = dataclasses.field(default=48, metadata={"help": "response tokens (incl. end of turn)"})
     max_history: int = 10
+    ranker_reason: bool = dataclasses.field(default=False, metadata={
+        "help": "the prompt names the ranker's main reason: the shown history item whose leave-one-out deletion "
+                "lowers the recommended item's SASRec score most (docs/faithfulness.md §5); saved with the "
+                "checkpoint, so PPO and evaluation build the same prompts"})
     reference_reasons: str = dataclasses.field(default="recent_genre", metadata={
         "choices": ["recent_genre", "ranker"],
         "help": "template references name the most recent history item sharing a genre (built with the "
@@ -175,7 +179,7 @@ def ranker_references(explainer: Explainer, ranker, examples: list[Example], dat
     if not rows:
         return examples
     chosen = [examples[k] for k in rows]
-    shown = [[int(i) for i in shown_history(ex.history, explainer.prompt(ex).n_history)] for ex in chosen]
+    shown = [[int(i) for i in shown_history(ex.history, p.n_history)] for ex, p in zip(chosen, explainer.prompts(chosen))]
     attr = shown_attribution(ranker, [ex.history for ex in chosen], [ex.item_id for ex in chosen], shown)
     tops = top_contributor(attr.items, attr.contributions)
     kind, out = item_kind(data.dataset), list(examples)
@@ -196,7 +200,7 @@ def run(cfg: LoraInitConfig, force: bool = False) -> dict:
     device, dtype = prepare_runtime(seed=cfg.seed, device=cfg.device, dtype=cfg.dtype, threads=cfg.threads)
 
     data = load_processed(cfg.dataset)
-    needs_ranker = not cfg.no_bridge or cfg.reference_reasons == "ranker"
+    needs_ranker = not cfg.no_bridge or cfg.reference_reasons == "ranker" or cfg.ranker_reason
     ranker, ranker_path = load_ranker_for(cfg, data) if needs_ranker else (None, None)
     inputs = {"processed": data.folder} | ({"ranker": ranker_path} if ranker_path else {})
     if not force and manifest.is_complete(out_dir, STAGE, to_dict(cfg), inputs):
@@ -212,14 +216,17 @@ def run(cfg: LoraInitConfig, force: bool = False) -> dict:
     if ranker is not None:
         ranker.to(device)
         freeze_ranker(ranker, store_trainable=False)  # E co-adapts only in the shielded trainer
+    if ranker is not None and not cfg.no_bridge:  # the ranker may be loaded for the references/reason alone
         bridge = Bridge(BridgeConfig(d_rank=ranker.cfg.hidden, d_llm=base.config.hidden_size,
                                      n_user_tokens=cfg.n_user_tokens, n_item_tokens=cfg.n_item_tokens,
                                      hidden=cfg.bridge_hidden, target_rms=embedding_rms(base))).to(device)
     settings = PromptSettings(kind=item_kind(cfg.dataset), max_prompt_len=cfg.max_seq_len_explainer - cfg.explanation_max_len,
                               max_history=cfg.max_history, n_user_tokens=cfg.n_user_tokens,
                               n_item_tokens=cfg.n_item_tokens,
-                              ranker_max_len=ranker.cfg.max_len if ranker is not None else 50)
-    explainer = Explainer(model, tok, ItemCatalog(data.items), settings, bridge, ranker if bridge is not None else None)
+                              ranker_max_len=ranker.cfg.max_len if ranker is not None else 50,
+                              ranker_reason=cfg.ranker_reason)
+    needs_reader = bridge is not None or cfg.ranker_reason
+    explainer = Explainer(model, tok, ItemCatalog(data.items), settings, bridge, ranker if needs_reader else None)
     n_train_params = sum(p.numel() for p in explainer.trainable_parameters())
     log.info("trainable parameters: %.2fM (LoRA%s)", n_train_params / 1e6, " + bridge" if bridge else "")
 

@@ -26,6 +26,7 @@ class PromptSettings:
     n_user_tokens: int = 2        # soft tokens for h_u (0 with --no_bridge)
     n_item_tokens: int = 2        # soft tokens for e_i (0 with --no_bridge)
     ranker_max_len: int = 50      # SASRec history window for h_u
+    ranker_reason: bool = False   # a "main reason" line: the shown item the ranker's score rests on most
 
 
 class Example(NamedTuple):
@@ -83,6 +84,8 @@ class Explainer:
                  store_grad: bool = False):
         if bridge is not None and ranker is None:
             raise ValueError("the bridge reads the ranker: pass the ranker, or bridge=None (--no_bridge)")
+        if settings.ranker_reason and ranker is None:
+            raise ValueError("the prompt's main-reason line (ranker_reason) reads the ranker: pass the ranker")
         self.model, self.tok, self.catalog, self.settings = model, tok, catalog, settings
         self.bridge, self.ranker, self.store_grad = bridge, ranker, store_grad
         if bridge is None:
@@ -92,14 +95,38 @@ class Explainer:
     def device(self) -> torch.device:
         return self.model.get_input_embeddings().weight.device
 
-    def prompt(self, ex: Example) -> Prompt:
+    def contributions(self, examples: Sequence[Example]) -> list[np.ndarray]:
+        """Per example, the ranker's leave-one-out score drop of each history item (aligned with
+        ``ex.history``; NaN outside the last ``max_history``), read through the store the ranker holds now
+        (the co-adapted one during PPO and in the run's evaluation; docs/faithfulness.md §1)."""
+        from shielded_recrl.ranker.attribution import leave_one_out, loo_inputs
+
+        max_len = int(self.ranker.cfg.max_len)
+        n = max(1, min(self.settings.max_history, max_len))
+        attr = leave_one_out(self.ranker, loo_inputs([np.asarray(ex.history, np.int64) for ex in examples], max_len),
+                             torch.tensor([ex.item_id for ex in examples], dtype=torch.long), n)
+        out = []
+        for ex, c in zip(examples, attr.contributions.numpy()):
+            full = np.full(len(ex.history), np.nan, dtype=np.float64)
+            k = min(n, len(ex.history))
+            if k:
+                full[len(full) - k:] = c[n - k:]
+            out.append(full)
+        return out
+
+    def prompts(self, examples: Sequence[Example]) -> list[Prompt]:
         s = self.settings
-        hist = [self.catalog[i] for i in ex.history]
-        return build_prompt(self.tok, hist, self.catalog[ex.item_id], s.max_prompt_len, kind=s.kind,
-                            n_user_tokens=s.n_user_tokens, n_item_tokens=s.n_item_tokens, max_history=s.max_history)
+        contribs = self.contributions(examples) if s.ranker_reason and examples else [None] * len(examples)
+        return [build_prompt(self.tok, [self.catalog[i] for i in ex.history], self.catalog[ex.item_id],
+                             s.max_prompt_len, kind=s.kind, n_user_tokens=s.n_user_tokens,
+                             n_item_tokens=s.n_item_tokens, max_history=s.max_history, contributions=c)
+                for ex, c in zip(examples, contribs)]
+
+    def prompt(self, ex: Example) -> Prompt:
+        return self.prompts([ex])[0]
 
     def prepare(self, examples: Sequence[Example], prompts: Sequence[Prompt] | None = None) -> Prepared:
-        prompts = prompts if prompts is not None else [self.prompt(ex) for ex in examples]
+        prompts = prompts if prompts is not None else self.prompts(examples)
         batch = collate_prompts(prompts, self.tok.pad_token_id)
         hist = left_pad([ex.history for ex in examples], self.settings.ranker_max_len)
         items = torch.tensor([ex.item_id for ex in examples], dtype=torch.long)

@@ -6,12 +6,16 @@ A prompt is a system message and one user turn::
     - Heat (1995; Action, Crime, Thriller)
     - ...
     Recommended movie: Kolya (1996; Comedy)
+    The recommender's main reason: Heat
     What the recommender knows about you: ⟨u⟩⟨u⟩ and about this movie: ⟨i⟩⟨i⟩
     In one or two sentences, tell me why I might enjoy Kolya.
 
 ``⟨u⟩``/``⟨i⟩`` are soft-token places: their token ids are placeholders whose input embeddings the
 bridge overwrites (see ``bridge.py``). Without the bridge the whole "What the recommender knows" line
-is left out. When the prompt exceeds its token budget the oldest history items are dropped first; the
+is left out. The "main reason" line is there only when the caller passes the ranker's leave-one-out
+contribution of each history item (``contributions``; ``PromptSettings.ranker_reason``): it names the
+shown item whose deletion lowers the recommended item's score most (docs/faithfulness.md), and is left
+out when no shown item's deletion lowers it. When the prompt exceeds its token budget the oldest history items are dropped first; the
 recommended item, the instruction and the soft tokens are always kept.
 
 No I/O here; ``tok`` is any Hugging Face tokenizer with a chat template.
@@ -73,12 +77,29 @@ def shown_history(history: Sequence, n_history: int) -> list:
     return list(history[len(history) - n_history:])
 
 
-def user_message(history: Sequence[dict], item: dict, kind: str, n_user_tokens: int, n_item_tokens: int) -> str:
+def top_shown(contributions: Sequence[float] | None, n_shown: int) -> int | None:
+    """Index (into ``contributions``) of the largest positive contribution among the last ``n_shown``
+    entries, ties to the more recent item (as ``ranker.attribution.rank_contributors``); None when none of
+    them is positive (NaN = no attribution). ``contributions`` is aligned with the history, oldest first."""
+    if contributions is None or n_shown <= 0:
+        return None
+    best = None
+    for j in range(len(contributions) - 1, len(contributions) - 1 - min(n_shown, len(contributions)), -1):
+        c = float(contributions[j])
+        if c == c and c > 0 and (best is None or c > float(contributions[best])):
+            best = j
+    return best
+
+
+def user_message(history: Sequence[dict], item: dict, kind: str, n_user_tokens: int, n_item_tokens: int,
+                 reason: dict | None = None) -> str:
     lines = []
     if history:
         lines.append("Items you chose recently (oldest first):")
         lines += [f"- {describe_item(h)}" for h in history]
     lines.append(f"Recommended {kind}: {describe_item(item)}")
+    if reason is not None:
+        lines.append(f"The recommender's main reason: {reason['title']}")
     if n_user_tokens or n_item_tokens:
         lines.append(f"What the recommender knows about you: {USER_MARK * n_user_tokens} "
                      f"and about this {kind}: {ITEM_MARK * n_item_tokens}")
@@ -101,14 +122,26 @@ def _tokenize(tok, text: str) -> tuple[list[int], list[int]]:
 
 
 def build_prompt(tok, history: Sequence[dict], item: dict, max_len: int, *, kind: str = "item",
-                 n_user_tokens: int = 0, n_item_tokens: int = 0, max_history: int = 10) -> Prompt:
-    """Chat-templated prompt of at most ``max_len`` tokens; ``history`` is oldest first."""
+                 n_user_tokens: int = 0, n_item_tokens: int = 0, max_history: int = 10,
+                 contributions: Sequence[float] | None = None) -> Prompt:
+    """Chat-templated prompt of at most ``max_len`` tokens; ``history`` is oldest first.
+
+    ``contributions``: the ranker's leave-one-out score drop of each history item (aligned with
+    ``history``; NaN where not attributed), or None for no "main reason" line. The reason is chosen among
+    the items the prompt finally shows, so truncation never leaves it naming an item that is not listed.
+    """
+    if contributions is not None and len(contributions) != len(history):
+        raise ValueError(f"one contribution per history item expected: {len(history)} items, "
+                         f"{len(contributions)} contributions")
     system = SYSTEM.format(kind=kind)
     keep = min(len(history), max_history)
     while True:
         hist = list(history[len(history) - keep:]) if keep else []
+        top = top_shown(contributions, keep)
+        reason = history[top] if top is not None else None
         messages = [{"role": "system", "content": system},
-                    {"role": "user", "content": user_message(hist, item, kind, n_user_tokens, n_item_tokens)}]
+                    {"role": "user", "content": user_message(hist, item, kind, n_user_tokens, n_item_tokens,
+                                                             reason)}]
         text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         ids, soft = _tokenize(tok, text)
         if len(ids) <= max_len:

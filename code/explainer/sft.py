@@ -34,9 +34,9 @@ class Encoded(NamedTuple):
 def encode(explainer: Explainer, examples: Sequence[Example], max_response: int) -> list[Encoded]:
     tok = explainer.tok
     out = []
-    for ex in examples:
+    for ex, prompt in zip(examples, explainer.prompts(examples)):
         resp = tok(ex.reference, add_special_tokens=False)["input_ids"][:max_response - 1] + [tok.eos_token_id]
-        out.append(Encoded(ex, explainer.prompt(ex), resp))
+        out.append(Encoded(ex, prompt, resp))
     return out
 
 

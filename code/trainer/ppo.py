@@ -249,7 +249,7 @@ class PPOTrainer:
         while n_left > 0:
             n = min(s.prompts_per_chunk, n_left)
             users, items, examples = self.sample_pairs(n, generator)
-            prompts = [self.x.prompt(ex) for ex in examples]
+            prompts = self.x.prompts(examples)
             with self._timed("prompt"):
                 prep = self.x.prepare(examples, prompts)
                 embeds, pmask = self.x.embed(prep), prep.prompts.mask

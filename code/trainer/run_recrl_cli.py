@@ -150,7 +150,7 @@ def panel_scores(trainer: PPOTrainer, sim: UserSimulator, panel: list[Example]) 
     qs, ps, fs = [], [], []
     for a in range(0, len(panel), max(1, s.sim_batch)):
         exs = panel[a:a + max(1, s.sim_batch)]
-        prompts = [x.prompt(e) for e in exs]
+        prompts = x.prompts(exs)
         prep = x.prepare(exs, prompts)
         out = generate(x.model, x.tok, x.embed(prep), prep.prompts.mask, max_new_tokens=s.max_new_tokens,
                        do_sample=False, score=False)
