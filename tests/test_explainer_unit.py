@@ -461,6 +461,14 @@ def test_init_lora_command_on_tiny_model(ml100k_processed, tiny_dir, tmp_path, m
     assert (out / "manifest.json").stat().st_mtime == mtime
     no_bridge = init_lora.main(argv[:-1] + ["--no_bridge", "--out_dir", "checkpoints/lora_init_nb"])
     assert "ranker" not in no_bridge["inputs"] and not (root / "checkpoints/lora_init_nb/bridge.safetensors").exists()
+    # the main-reason line needs the ranker even without a bridge; it builds no bridge and is saved with the prompt
+    reason = init_lora.main(argv[:-1] + ["--no_bridge", "--ranker_reason", "--out_dir", "checkpoints/lora_init_rr"])
+    assert reason["inputs"]["ranker"]["sha256"] == checkpoint_sha256(ranker_path)
+    assert not (root / "checkpoints/lora_init_rr/bridge.safetensors").exists()
+    ex_r, info_r = load_explainer(root / "checkpoints/lora_init_rr", items=data.items, ranker=rk)
+    assert info_r["prompt"]["ranker_reason"] and ex_r.bridge is None and ex_r.ranker is rk
+    with pytest.raises(InputError, match="main-reason line"):
+        load_explainer(root / "checkpoints/lora_init_rr", items=data.items)
 
 
 def test_ranker_references_name_the_top_contributor_among_shown_items(tiny_dir):

@@ -80,7 +80,7 @@ class LoraInitConfig(SFTSettings):
     max_history: int = 10
     ranker_reason: bool = dataclasses.field(default=False, metadata={
         "help": "the prompt names the ranker's main reason: the shown history item whose leave-one-out deletion "
-                "lowers the recommended item's SASRec score most (docs/faithfulness.md §5); saved with the "
+                "lowers the recommended item's SASRec score most (docs/faithfulness.md §3); saved with the "
                 "checkpoint, so PPO and evaluation build the same prompts"})
     reference_reasons: str = dataclasses.field(default="recent_genre", metadata={
         "choices": ["recent_genre", "ranker"],
