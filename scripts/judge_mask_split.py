@@ -14,12 +14,12 @@ were written, so read it as a decomposition of the all-pairs number, not as a te
 from __future__ import annotations
 
 import argparse
-import json
 
 from shielded_recrl.common.errors import InputError, run_cli
 from shielded_recrl.common.paths import logs_dir
 from shielded_recrl.dataset.processed import load_processed
 from shielded_recrl.eval.compare import compare_systems
+from shielded_recrl.eval.compare_runs import load_run
 from shielded_recrl.eval.judge import masked_title_count
 from shielded_recrl.trainer.quality import TitleIndex
 
@@ -49,10 +49,7 @@ def main(argv=None) -> dict:
     out = {}
     for tag in args.runs:
         path = logs_dir() / args.dataset / tag / "explanations.jsonl"
-        if not path.exists():
-            raise InputError(path, "an evaluated run's explanations", "no such file",
-                             f"Run: python code/eval/evaluate_run.py --dataset {args.dataset} --tag {tag}")
-        records = [json.loads(line) for line in path.read_text().splitlines() if line]
+        _, records = load_run(args.dataset, tag)
         if not any("judge_item_masked" in r for r in records):
             raise InputError(path, "rows with judge_item_masked", "none (evaluated before the masked judge)",
                              f"Run: python code/eval/evaluate_run.py --dataset {args.dataset} --tag {tag} --rescore "

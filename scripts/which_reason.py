@@ -17,7 +17,6 @@ for every system of a run), so the split is a stratification, not a selection on
 from __future__ import annotations
 
 import argparse
-import json
 
 import numpy as np
 
@@ -25,6 +24,7 @@ from shielded_recrl.common.errors import InputError, run_cli
 from shielded_recrl.common.paths import checkpoints_dir, logs_dir
 from shielded_recrl.dataset.processed import load_processed
 from shielded_recrl.eval.compare import compare_systems
+from shielded_recrl.eval.compare_runs import load_run
 from shielded_recrl.eval.faithfulness import top_contributor
 from shielded_recrl.ranker.attribution import shown_attribution
 from shielded_recrl.ranker.checkpoint import load_ranker
@@ -73,10 +73,7 @@ def main(argv=None) -> dict:
     out = {}
     for tag in args.runs:
         path = logs_dir() / args.dataset / tag / "explanations.jsonl"
-        if not path.exists():
-            raise InputError(path, "an evaluated run's explanations", "no such file",
-                             f"Run: python code/eval/evaluate_run.py --dataset {args.dataset} --tag {tag}")
-        records = [json.loads(line) for line in path.read_text().splitlines() if line]
+        _, records = load_run(args.dataset, tag)
         if not any("faith1" in r and "shown" in r for r in records):
             raise InputError(path, "rows with faith1 and shown", "none", "Evaluate the run again.")
         out[tag] = s = split(records, reason_groups(records, ranker))
