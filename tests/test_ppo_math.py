@@ -104,6 +104,17 @@ def test_group_advantages_of_a_constant_reward_are_zero_and_follow_their_definit
         torch.testing.assert_close(group_advantages(r + shift, 3, kind), group_advantages(r, 3, kind))
 
 
+def test_lr_scale_warms_up_then_stays_or_falls_linearly():
+    assert [P.lr_scale(k, 8, 4) for k in range(8)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0, 1.0, 1.0]
+    assert [P.lr_scale(k, 8, 4, "linear") for k in range(8)] == [0.25, 0.5, 0.75, 1.0, 1.0, 0.75, 0.5, 0.25]
+    assert [P.lr_scale(k, 4, 0, "linear") for k in range(4)] == [1.0, 0.75, 0.5, 0.25]  # never 0
+    assert [P.lr_scale(k, 3, 3, "linear") for k in range(3)] == pytest.approx([1 / 3, 2 / 3, 1.0])
+    with pytest.raises(ValueError, match="step"):
+        P.lr_scale(8, 8, 4)
+    with pytest.raises(ValueError, match="decay"):
+        P.lr_scale(5, 8, 4, "cosine")
+
+
 def test_group_advantages_refuse_bad_shapes():
     from shielded_recrl.trainer.ppo_math import group_advantages
 

@@ -261,6 +261,19 @@ def test_cli_end_to_end_tiny(ml100k_processed, tiny_dir, tmp_path, monkeypatch):
     assert summary["steps"] == 2 and float(state["store_delta"].abs().max()) == 0.0
     store_group = state["optimizer"]["param_groups"][-1]["params"]
     assert all(p not in state["optimizer"]["state"] for p in store_group)
+    # the learning-rate schedule: a factor per iteration, logged, applied to every optimizer group
+    run_recrl_cli.run(run_recrl_cli.parse(base + ["--max_steps", "3", "--tag", "w", "--warmup_steps", "1",
+                                                  "--lr_decay", "linear", "--lr", "1e-4", "--store_lr", "1e-3"]),
+                      reward_fn=reward)
+    rows = [json.loads(l) for l in (root / "logs" / "ml100k" / "w" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["charts/lr_scale"] for r in rows] == [1.0, 1.0, 0.5]
+    assert [r["charts/lr_scale"] for r in full] == [1.0, 1.0, 1.0]  # the default: constant, no warm-up
+    groups = torch.load(run_dir.parent / "w" / "step-000003" / "state.pt", weights_only=True)["optimizer"]["param_groups"]
+    assert [g["lr"] for g in groups] == pytest.approx([0.5e-4, 0.5e-4, 0.5e-3])  # policy, value head (its 1e-4), store
+    with pytest.raises(InputError, match="warmup_steps"):
+        run_recrl_cli.parse(base + ["--max_steps", "3", "--warmup_steps", "4"])
+    with pytest.raises((InputError, SystemExit)):
+        run_recrl_cli.parse(base + ["--lr_decay", "cosine"])
     with pytest.raises(InputError, match="latest"):
         run_recrl_cli.parse(base + ["--tag", "latest"])
     with pytest.raises(InputError, match="LoRA rank"):

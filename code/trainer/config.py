@@ -15,6 +15,7 @@ KL_KINDS = ("k1", "k3")
 ADVANTAGES = ("rloo", "grpo", "gae")  # ppo_math.ADVANTAGES
 REWARDS = ("click", "q")
 MODES = ("shielded", "no_projection", "frozen")
+LR_DECAYS = ("constant", "linear")  # ppo_math.lr_scale
 
 
 @dataclasses.dataclass
@@ -104,6 +105,13 @@ class RecRLConfig(PPOSettings):
     max_seq_len_explainer: int = F(default=176, metadata={"help": "prompt + response tokens"})
     explanation_max_len: int = F(default=40, metadata={"help": "response token budget"})
     max_steps: int = F(default=2, metadata={"help": "PPO iterations"})
+    # the learning-rate schedule over the run's iterations (every optimizer group: policy, value head, store)
+    warmup_steps: int = F(default=0, metadata={
+        "help": "PPO iterations over which every learning rate rises linearly to its value (iteration k < W "
+                "uses (k + 1)/W of it; 0: none)"})
+    lr_decay: str = F(default="constant", metadata={
+        "choices": list(LR_DECAYS), "help": "after the warm-up: constant, or linear down to 1/(max_steps − W) of "
+                                           "each rate at the last iteration (ppo_math.lr_scale)"})
     # simulator (DESIGN.md §4.3)
     slate_size: int = F(default=10, metadata={"help": "the ranker's top-k a user is shown"})
     sim_reward: str = F(default="expected", metadata={"choices": ["expected", "sampled"],
@@ -152,6 +160,11 @@ class RecRLConfig(PPOSettings):
             raise ValueError(f"rank_check_every must be ≥ 1; found {self.rank_check_every}")
         if self.monitor_users < 0:
             raise ValueError(f"monitor_users must be ≥ 0 (0: all users); found {self.monitor_users}")
+        if self.lr_decay not in LR_DECAYS:
+            raise ValueError(f"lr_decay must be one of {LR_DECAYS}; found {self.lr_decay!r}")
+        if not 0 <= self.warmup_steps <= self.max_steps:
+            raise ValueError(f"warmup_steps must be in [0, max_steps] = [0, {self.max_steps}]; found "
+                             f"{self.warmup_steps}")
         if not 0.0 <= self.w_faithfulness < 1.0:
             raise ValueError(f"w_faithfulness must be in [0, 1); found {self.w_faithfulness}")
 

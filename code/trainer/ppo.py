@@ -175,6 +175,7 @@ class PPOTrainer:
         if store_trains:
             groups.append({"params": [self.store], "lr": settings.store_lr, "weight_decay": 0.0})
         self.opt = torch.optim.AdamW(groups)
+        self.base_lrs = [g["lr"] for g in groups]  # what set_lr_scale scales
         # DDP's start: rank 0's weights everywhere (the value head's random init differs per rank)
         ranks.broadcast_tensors(self._all_params() + list(self.value_head.buffers()))
         # the warm-start (reference) policy's trainable tensors, swapped in for the reference pass
@@ -194,6 +195,12 @@ class PPOTrainer:
             yield
         finally:
             self.phase_seconds[phase] = self.phase_seconds.get(phase, 0.0) + time.perf_counter() - t
+
+    def set_lr_scale(self, factor: float) -> None:
+        """Every optimizer group's learning rate = its configured rate × ``factor`` (the schedule's,
+        :func:`~.ppo_math.lr_scale`; the run sets it before each iteration, so a resumed run recomputes it)."""
+        for g, lr in zip(self.opt.param_groups, self.base_lrs):
+            g["lr"] = lr * factor
 
     def _ref_params(self) -> list[torch.Tensor]:
         return self.policy_params + ([self.store] if self.store is not None else [])

@@ -182,6 +182,26 @@ def explained_variance(y_pred: torch.Tensor, y_true: torch.Tensor, mask: torch.T
     return float(1.0 - masked_var(y_true - y_pred, mask, unbiased=False) / var_y)
 
 
+def lr_scale(step: int, max_steps: int, warmup_steps: int = 0, decay: str = "constant") -> float:
+    """The factor on every learning rate at PPO iteration ``step`` (0-based) of ``max_steps``.
+
+    Warm-up: iteration ``k < W`` uses ``(k + 1)/W`` — AdamW's first steps move every parameter by about the
+    learning rate whatever the gradient's size (its second moment is one or two batches old), so a ramp
+    keeps the first noisy batches from moving the warm start far. After it, ``constant`` keeps 1 and
+    ``linear`` falls to ``1/(N − W)`` at the last iteration, never 0 — the decay of transformers'
+    ``get_linear_schedule_with_warmup`` (TRL's default); its warm-up is ``k/W``, whose first step has rate 0.
+    """
+    if not 0 <= step < max_steps:
+        raise ValueError(f"step must be in [0, max_steps) = [0, {max_steps}); found {step}")
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if decay == "constant":
+        return 1.0
+    if decay == "linear":
+        return (max_steps - step) / (max_steps - warmup_steps)
+    raise ValueError(f"decay must be 'constant' or 'linear'; found {decay!r}")
+
+
 # --- group baselines (DESIGN.md §4.2 "Advantages come from groups") -------------------------------------
 ADVANTAGES = ("rloo", "grpo", "gae")
 

@@ -41,6 +41,7 @@ from shielded_recrl.ranker.evaluate import sample_users
 from shielded_recrl.trainer import run_folder
 from shielded_recrl.trainer.config import RecRLConfig, ppo_settings
 from shielded_recrl.trainer.ppo import PPOTrainer, ValueHead
+from shielded_recrl.trainer.ppo_math import lr_scale
 from shielded_recrl.trainer.simulator import SimulatorConfig, UserSimulator
 
 log = logging.getLogger("recrl")
@@ -368,7 +369,10 @@ def run(cfg: RecRLConfig, reward_fn=None) -> dict:
         while step < cfg.max_steps:
             # at kl_beta 0 the reference pass still runs on panel steps, so the KL to the warm start is logged
             measure_kl = cfg.kl_beta == 0 and (step + 1) % cfg.panel_every == 0
+            scale = lr_scale(step, cfg.max_steps, cfg.warmup_steps, cfg.lr_decay)  # the schedule's factor
+            trainer.set_lr_scale(scale)
             metrics, batch = trainer.step(gen, measure_kl)  # metrics reduced over ranks
+            metrics["charts/lr_scale"] = scale
             step += 1
             metrics["charts/peak_memory_mb"] = ranks.max(_peak_mb(device))
             verdict = None  # the drift guard's: good | rollback | stop (None: no check, or an ignored trip)
