@@ -388,6 +388,20 @@ def test_resume_keeps_the_guard_on_E0_the_click_stream_and_rollback_restores_the
         assert (root / "checkpoints" / "recrl" / "ml100k" / "b" / best["folder"]).is_dir()
         summary = json.loads((root / "logs" / "ml100k" / "b" / "summary.json").read_text())
         assert summary["best_step"] == best["step"] and len(summary["panel"]) == 2
+        # a sampled panel: its draws leave the training's random streams alone (the same run as b otherwise) ...
+        sample = ["--max_steps", "4", "--panel_decoding", "sample", "--panel_samples", "2"]
+        run_recrl_cli.run(run_recrl_cli.parse(common + sample + ["--tag", "c"]), reward_fn=reward)
+        # ... and are the same draws at every panel: a policy that cannot move differs from the warm start by 0
+        run_recrl_cli.run(run_recrl_cli.parse(common + sample + ["--tag", "d", "--lr", "0", "--store_lr", "0"]),
+                          reward_fn=reward)
+        for t in ("c", "d"):
+            rows[t] = [json.loads(l) for l in (root / "logs" / "ml100k" / t / "metrics.jsonl").read_text().splitlines()]
+        for key in ("env/reward", "env/ctr", "losses/policy", "monitor/top10_overlap"):
+            assert [r[key] for r in rows["c"]] == pytest.approx([r[key] for r in rows["b"]], rel=1e-6, abs=1e-9), key
+        assert [r["step"] for r in rows["d"] if "panel/dq" in r] == [2, 4]
+        for key in ("panel/dq", "panel/dctr_pp", "panel/dfaith1_pts"):
+            assert [r[key] for r in rows["d"] if key in r] == [0.0, 0.0], key
+        assert [r["panel/q"] for r in rows["c"] if "panel/q" in r] != [r["panel/q"] for r in rows["b"] if "panel/q" in r]
 
     # rollback: an impossible floor trips every check, so policy, value head and store stay the warm start's
     run_recrl_cli.run(run_recrl_cli.parse(common[:4] + ["--projection_basis", "checkpoints/basis_ml100k.pt"]

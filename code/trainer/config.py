@@ -16,6 +16,7 @@ ADVANTAGES = ("rloo", "grpo", "gae")  # ppo_math.ADVANTAGES
 REWARDS = ("click", "q")
 MODES = ("shielded", "no_projection", "frozen")
 LR_DECAYS = ("constant", "linear")  # ppo_math.lr_scale
+PANEL_DECODINGS = ("greedy", "sample")
 
 
 @dataclasses.dataclass
@@ -141,6 +142,12 @@ class RecRLConfig(PPOSettings):
                 "steps and compared, pair by pair, with the warm start (panel/* metrics); panel users are "
                 "never sampled for training, and the best panel checkpoint gets a 'best' pointer (0: off)"})
     panel_every: int = F(default=5, metadata={"help": "steps between panel evaluations (with panel_users > 0)"})
+    panel_decoding: str = F(default="greedy", metadata={
+        "choices": list(PANEL_DECODINGS),
+        "help": "greedy: one greedy text per panel pair; sample: panel_samples texts per pair at the run's "
+                "temperature/top_p (evaluate_run.py's default decoding), the same seeded draws at every panel, "
+                "each pair scored by their mean"})
+    panel_samples: int = F(default=4, metadata={"help": "texts per panel pair with --panel_decoding sample"})
     # bookkeeping
     save_every: int = F(default=0, metadata={"help": "checkpoint every N steps (0: only at the end)"})
     resume: str = F(default="", metadata={"help": "'' | auto | a step-XXXXXX folder"})
@@ -160,6 +167,10 @@ class RecRLConfig(PPOSettings):
             raise ValueError(f"rank_check_every must be ≥ 1; found {self.rank_check_every}")
         if self.monitor_users < 0:
             raise ValueError(f"monitor_users must be ≥ 0 (0: all users); found {self.monitor_users}")
+        if self.panel_decoding not in PANEL_DECODINGS:
+            raise ValueError(f"panel_decoding must be one of {PANEL_DECODINGS}; found {self.panel_decoding!r}")
+        if self.panel_samples < 1:
+            raise ValueError(f"panel_samples must be ≥ 1; found {self.panel_samples}")
         if self.lr_decay not in LR_DECAYS:
             raise ValueError(f"lr_decay must be one of {LR_DECAYS}; found {self.lr_decay!r}")
         if not 0 <= self.warmup_steps <= self.max_steps:

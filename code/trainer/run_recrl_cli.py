@@ -129,6 +129,7 @@ def make_pair_sampler(sim: UserSimulator, histories, exclude: set[int] = frozens
 
 
 # --- the validation panel ----------------------------------------------------------------------------
+PANEL_SEED_OFFSET = 104729  # the sampled panel's draws: a stream of their own, fixed by --seed
 def make_panel(sim: UserSimulator, histories, n: int, seed: int) -> list[Example]:
     """``n`` seeded users (a generator of their own, so the panel does not depend on anything else) and
     each one's top slate item: the same pairs at every evaluation."""
@@ -139,30 +140,46 @@ def make_panel(sim: UserSimulator, histories, n: int, seed: int) -> list[Example
 
 
 @torch.no_grad()
-def panel_scores(trainer: PPOTrainer, sim: UserSimulator, panel: list[Example]) -> tuple[torch.Tensor, ...]:
-    """(q, click probability, faithfulness@1) of greedy explanations of the panel under the trainer's
-    current policy (the bridge reads the current store); faithfulness@1 to the ranker's leave-one-out
-    reasons on the original store (``sim.reasons``; docs/faithfulness.md), whatever ``w_faithfulness``."""
+def panel_scores(trainer: PPOTrainer, sim: UserSimulator, panel: list[Example], decoding: str = "greedy",
+                 samples: int = 1, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """(q, click probability, faithfulness@1) per panel pair of explanations under the trainer's current
+    policy (the bridge reads the current store); faithfulness@1 to the ranker's leave-one-out reasons on the
+    original store (``sim.reasons``; docs/faithfulness.md), whatever ``w_faithfulness``.
+
+    ``decoding`` greedy: one greedy text per pair. ``sample``: ``samples`` texts per pair at the run's
+    temperature and top-p, drawn from ``seed`` inside a forked random state (the same draws at every call,
+    so the warm start and each step are compared on common random numbers, and the training's streams are
+    untouched); a pair's scores are the means over its texts."""
     from shielded_recrl.eval.faithfulness import faithfulness_at_k, named_shown_items
     from shielded_recrl.explainer.generation import generate
     from shielded_recrl.explainer.prompts import shown_history
 
     x, s = trainer.x, trainer.s
+    K = samples if decoding == "sample" else 1
+    per_chunk = max(1, s.sim_batch // K)
     qs, ps, fs = [], [], []
-    for a in range(0, len(panel), max(1, s.sim_batch)):
-        exs = panel[a:a + max(1, s.sim_batch)]
-        prompts = x.prompts(exs)
-        prep = x.prepare(exs, prompts)
-        out = generate(x.model, x.tok, x.embed(prep), prep.prompts.mask, max_new_tokens=s.max_new_tokens,
-                       do_sample=False, score=False)
-        shown = [shown_history(e.history, q.n_history) for e, q in zip(exs, prompts)]
-        p, qual = sim.click_prob(torch.tensor([e.user_id for e in exs]), torch.tensor([e.item_id for e in exs]),
-                                 out.texts, shown)
-        attr = sim.reasons([e.history for e in exs], [e.item_id for e in exs], shown)
-        named = named_shown_items(sim.quality.titles, out.texts, shown)
-        fs.append(torch.as_tensor(faithfulness_at_k(named, attr.items, attr.contributions, k=1).hit,
-                                  dtype=torch.float64))
-        qs.append(torch.as_tensor(qual.q, dtype=torch.float64)), ps.append(p.double())
+    with torch.random.fork_rng():  # the CPU's and every visible CUDA device's random state, restored after
+        torch.manual_seed(seed)
+        for a in range(0, len(panel), per_chunk):
+            exs = panel[a:a + per_chunk]
+            prompts = x.prompts(exs)
+            prep = x.prepare(exs, prompts)
+            embeds, pmask = x.embed(prep), prep.prompts.mask
+            if K > 1:  # the pair's K samples from one prompt encoding, as in the rollout
+                embeds, pmask = embeds.repeat_interleave(K, 0), pmask.repeat_interleave(K, 0)
+                exs, prompts = [e for e in exs for _ in range(K)], [q for q in prompts for _ in range(K)]
+            out = generate(x.model, x.tok, embeds, pmask, max_new_tokens=s.max_new_tokens,
+                           do_sample=decoding == "sample", temperature=s.temperature, top_p=s.top_p, score=False,
+                           group_size=K)
+            shown = [shown_history(e.history, q.n_history) for e, q in zip(exs, prompts)]
+            p, qual = sim.click_prob(torch.tensor([e.user_id for e in exs]), torch.tensor([e.item_id for e in exs]),
+                                     out.texts, shown)
+            attr = sim.reasons([e.history for e in exs], [e.item_id for e in exs], shown)
+            named = named_shown_items(sim.quality.titles, out.texts, shown)
+            hit = faithfulness_at_k(named, attr.items, attr.contributions, k=1).hit
+            hit = torch.as_tensor(hit, dtype=torch.float64)
+            for acc, v in ((qs, torch.as_tensor(qual.q, dtype=torch.float64)), (ps, p.double().cpu()), (fs, hit)):
+                acc.append(v.reshape(-1, K).mean(1))
     return torch.cat(qs), torch.cat(ps), torch.cat(fs)
 
 
@@ -354,10 +371,11 @@ def run(cfg: RecRLConfig, reward_fn=None) -> dict:
         log.info("resumed from %s at step %d", resume_from, step)
 
     guard_active = guard and cfg.mode != "no_projection"  # the ablation's drift stays visible
+    panel_decoding = (cfg.panel_decoding, cfg.panel_samples, cfg.seed + PANEL_SEED_OFFSET)
     if panel and ranks.is_main:  # the warm start's panel texts (the reference weights are exactly the warm
         # start, resumed or not); the panel runs on rank 0 and its metrics are broadcast
         with trainer.reference_weights():
-            warm_panel = panel_scores(trainer, sim, panel)
+            warm_panel = panel_scores(trainer, sim, panel, *panel_decoding)
         log.info("panel: %d validation pairs; warm start q %.4f, CTR %.4f", len(panel),
                  float(warm_panel[0].mean()), float(warm_panel[1].mean()))
     best = json.loads((run_folder.run_dir(cfg.dataset, cfg.tag) / "best").read_text()) \
@@ -401,8 +419,8 @@ def run(cfg: RecRLConfig, reward_fn=None) -> dict:
                     good = trainer.snapshot()
             on_panel = bool(panel) and step % cfg.panel_every == 0
             if on_panel:  # METHOD: the fixed panel, paired against the warm start (selection on validation)
-                metrics.update(ranks.broadcast(panel_metrics(panel_scores(trainer, sim, panel), warm_panel)
-                                               if ranks.is_main else None))
+                now = panel_scores(trainer, sim, panel, *panel_decoding) if ranks.is_main else None
+                metrics.update(ranks.broadcast(panel_metrics(now, warm_panel) if ranks.is_main else None))
             mlog.log(metrics, step)
             log.info("step %d: reward %.4f ctr %.4f kl %.4f approx_kl %.2e clip %.3f vloss %.4f %.1fs | %s", step,
                      metrics["env/reward"], metrics["env/ctr"], metrics["objective/kl"], metrics["losses/approx_kl"],
