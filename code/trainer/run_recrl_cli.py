@@ -130,6 +130,8 @@ def make_pair_sampler(sim: UserSimulator, histories, exclude: set[int] = frozens
 
 # --- the validation panel ----------------------------------------------------------------------------
 PANEL_SEED_OFFSET = 104729  # the sampled panel's draws: a stream of their own, fixed by --seed
+
+
 def make_panel(sim: UserSimulator, histories, n: int, seed: int) -> list[Example]:
     """``n`` seeded users (a generator of their own, so the panel does not depend on anything else) and
     each one's top slate item: the same pairs at every evaluation."""
