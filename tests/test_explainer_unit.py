@@ -514,7 +514,7 @@ def test_group_shared_prompt_encoding_is_the_same_function():
     sampled responses, the same log-probs, and the gradient of the whole group on the prompt's one copy."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from shielded_recrl.explainer.generation import generate, sequence_logprobs
+    from shielded_recrl.explainer.generation import expand_groups, generate, sequence_logprobs
 
     class Tok:
         eos_token_id, pad_token_id = 2, 0
@@ -527,10 +527,12 @@ def test_group_shared_prompt_encoding_is_the_same_function():
     model = LlamaForCausalLM(LlamaConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                          num_attention_heads=4, num_key_value_heads=2)).eval()
     n, G, P = 3, 4, 7
-    embeds = (torch.randn(n, P, 32) * 0.5).repeat_interleave(G, 0)
     mask = torch.ones(n, P, dtype=torch.long)
     mask[0, :3] = 0  # left padding
-    mask = mask.repeat_interleave(G, 0)
+    one = torch.randn(n, P, 32) * 0.5
+    embeds, mask, names = expand_groups(G, one, mask, ["a", "b", "c"])
+    assert names == ["a"] * G + ["b"] * G + ["c"] * G
+    assert torch.equal(embeds[G:2 * G], one[1].expand(G, P, 32)) and mask[:G, :3].sum() == 0
     with torch.no_grad():
         full = generate(model, Tok, embeds, mask, max_new_tokens=5, do_sample=False)
         shared = generate(model, Tok, embeds, mask, max_new_tokens=5, do_sample=False, group_size=G)

@@ -40,6 +40,16 @@ def response_mask(ids: torch.Tensor, eos_ids: set[int]) -> torch.Tensor:
     return ~after
 
 
+def expand_groups(group_size: int, prompt_embeds: torch.Tensor, prompt_mask: torch.Tensor, *rows: list
+                  ) -> tuple:
+    """Each prompt repeated ``group_size`` times in consecutive rows (``repeat_interleave``), the layout
+    :func:`prompt_cache` and ``generate(..., group_size=G)`` expect: returns (embeddings, mask, *each list in
+    ``rows`` with its entries repeated alike), so one prompt encoding serves its G samples."""
+    G = group_size
+    return (prompt_embeds.repeat_interleave(G, 0), prompt_mask.repeat_interleave(G, 0),
+            *([r for r in row for _ in range(G)] for row in rows))
+
+
 def prompt_cache(model, prompt_embeds: torch.Tensor, prompt_mask: torch.Tensor, group_size: int):
     """Encode each distinct prompt once and share it with its group: ``prompt_embeds`` (B, P, H) hold
     B / ``group_size`` prompts, each repeated ``group_size`` times in consecutive rows (``repeat_interleave``).

@@ -65,7 +65,7 @@ import torch
 from torch import nn
 
 from ..common.distributed import SINGLE, Ranks
-from ..explainer.generation import generate, sequence_logprobs
+from ..explainer.generation import expand_groups, generate, sequence_logprobs
 from ..explainer.policy import Explainer
 from ..explainer.prompts import shown_history
 from ..projection.shield import Shield
@@ -261,10 +261,8 @@ class PPOTrainer:
                 prep = self.x.prepare(examples, prompts)
                 embeds, pmask = self.x.embed(prep), prep.prompts.mask
             if G > 1:  # METHOD: G samples per prompt, from one prompt encoding (bridge + embeddings) expanded
-                embeds, pmask = embeds.repeat_interleave(G, 0), pmask.repeat_interleave(G, 0)
+                embeds, pmask, examples, prompts = expand_groups(G, embeds, pmask, examples, prompts)
                 users, items = (torch.as_tensor(t).repeat_interleave(G) for t in (users, items))
-                examples = [e for e in examples for _ in range(G)]
-                prompts = [q for q in prompts for _ in range(G)]
             with self._timed("generate"):
                 out = generate(self.x.model, self.x.tok, embeds, pmask, max_new_tokens=s.max_new_tokens,
                                temperature=s.temperature, top_p=s.top_p, score=False,

@@ -153,7 +153,7 @@ def panel_scores(trainer: PPOTrainer, sim: UserSimulator, panel: list[Example], 
     so the warm start and each step are compared on common random numbers, and the training's streams are
     untouched); a pair's scores are the means over its texts."""
     from shielded_recrl.eval.faithfulness import faithfulness_at_k, named_shown_items
-    from shielded_recrl.explainer.generation import generate
+    from shielded_recrl.explainer.generation import expand_groups, generate
     from shielded_recrl.explainer.prompts import shown_history
 
     x, s = trainer.x, trainer.s
@@ -168,8 +168,7 @@ def panel_scores(trainer: PPOTrainer, sim: UserSimulator, panel: list[Example], 
             prep = x.prepare(exs, prompts)
             embeds, pmask = x.embed(prep), prep.prompts.mask
             if K > 1:  # the pair's K samples from one prompt encoding, as in the rollout
-                embeds, pmask = embeds.repeat_interleave(K, 0), pmask.repeat_interleave(K, 0)
-                exs, prompts = [e for e in exs for _ in range(K)], [q for q in prompts for _ in range(K)]
+                embeds, pmask, exs, prompts = expand_groups(K, embeds, pmask, exs, prompts)
             out = generate(x.model, x.tok, embeds, pmask, max_new_tokens=s.max_new_tokens,
                            do_sample=decoding == "sample", temperature=s.temperature, top_p=s.top_p, score=False,
                            group_size=K)
