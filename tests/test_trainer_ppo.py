@@ -494,3 +494,26 @@ def test_bench_ppo_flags_reach_the_ppo_config():
     assert bench.ppo_config(*bench.parse([])).mode == "shielded"
     with pytest.raises(InputError, match="steps"):
         bench.parse(["--steps", "0"])
+
+
+def test_self_reference_penalty_lowers_only_the_training_reward_of_self_references():
+    """The penalty is subtracted from the PPO reward of the texts that name the item as their own reason,
+    under either reward; the click probability (the reported metric) is untouched; a negative one is refused."""
+    from types import SimpleNamespace
+
+    from shielded_recrl.trainer import run_recrl_cli
+    from shielded_recrl.trainer.config import RecRLConfig
+
+    q = np.array([0.6, 0.0, 0.4])
+    p = torch.tensor([0.9, 0.8, 0.7])
+    qual = SimpleNamespace(q=q, self_reference=np.array([False, True, False]))
+    sim = SimpleNamespace(reward=lambda users, items, texts, shown: (p, p, qual))
+    args = (None, None, ["a", "b", "c"], None, None)
+    for kind, base in (("q", torch.as_tensor(q)), ("click", p)):
+        r0, p0 = run_recrl_cli.simulator_reward(sim, kind)(*args)
+        r1, p1 = run_recrl_cli.simulator_reward(sim, kind, 0.5)(*args)
+        assert torch.allclose(r0, base.to(r0.dtype)) and torch.equal(p0, p) and torch.equal(p1, p)
+        assert torch.allclose(r0 - r1, torch.tensor([0.0, 0.5, 0.0], dtype=r0.dtype)), kind
+    assert run_recrl_cli.parse(["--no_projection", "--self_reference_penalty", "1"]).self_reference_penalty == 1.0
+    with pytest.raises(ValueError, match="self_reference_penalty"):
+        RecRLConfig(self_reference_penalty=-0.1)

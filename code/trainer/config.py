@@ -123,6 +123,10 @@ class RecRLConfig(PPOSettings):
         "help": "weight in q of faithfulness to the ranker (the graded leave-one-out score of the shown history "
                 "items the text names, on the original store; docs/faithfulness.md); the other q weights are "
                 "scaled by 1 − w (0: off)"})
+    self_reference_penalty: float = F(default=0.0, metadata={
+        "help": "subtracted from the PPO reward of every text that names the recommended item as its own reason "
+                "(quality.self_reference; q already caps such a text at 0): training-time shaping only, the "
+                "q, CTR and panel that are reported do not include it (0: off)"})
     # drift guard (DESIGN.md: the shield is a dial, not a wall)
     monitor_every: int = F(default=1, metadata={"help": "steps between ranking checks (0: off)"})
     monitor_users: int = F(default=10000, metadata={
@@ -176,6 +180,8 @@ class RecRLConfig(PPOSettings):
         if not 0 <= self.warmup_steps <= self.max_steps:
             raise ValueError(f"warmup_steps must be in [0, max_steps] = [0, {self.max_steps}]; found "
                              f"{self.warmup_steps}")
+        if not self.self_reference_penalty >= 0.0:
+            raise ValueError(f"self_reference_penalty must be ≥ 0; found {self.self_reference_penalty}")
         if not 0.0 <= self.w_faithfulness < 1.0:
             raise ValueError(f"w_faithfulness must be in [0, 1); found {self.w_faithfulness}")
 

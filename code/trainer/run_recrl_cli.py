@@ -196,14 +196,18 @@ def panel_metrics(now: tuple[torch.Tensor, ...], warm: tuple[torch.Tensor, ...])
     return out
 
 
-def simulator_reward(sim: UserSimulator, kind: str):
+def simulator_reward(sim: UserSimulator, kind: str, self_reference_penalty: float = 0.0):
     """The PPO reward from the simulator: its click (expected or sampled, ``--sim_reward``) or the
-    explanation quality q alone (``--reward q``); the click probability is returned either way (the
-    reported metric)."""
+    explanation quality q alone (``--reward q``), less ``self_reference_penalty`` for every text that names
+    the recommended item as its own reason; the click probability is returned either way (the reported
+    metric, which the penalty never enters)."""
 
     def reward(users, items, texts, ids, shown):
         r, p, qual = sim.reward(users, items, texts, shown=shown)
-        return (torch.as_tensor(qual.q, dtype=torch.float64) if kind == "q" else r), p
+        r = torch.as_tensor(qual.q, dtype=torch.float64) if kind == "q" else r
+        if self_reference_penalty:
+            r = r - self_reference_penalty * torch.as_tensor(qual.self_reference, dtype=r.dtype, device=r.device)
+        return r, p
 
     return reward
 
@@ -330,7 +334,7 @@ def build(cfg: RecRLConfig, reward_fn=None) -> Built:
     panel = make_panel(sim, histories, cfg.panel_users, cfg.seed) if cfg.panel_users > 0 else []
     trainer = PPOTrainer(explainer, shield, ppo_settings(cfg),
                          make_pair_sampler(sim, histories, {e.user_id for e in panel}),
-                         reward_fn or simulator_reward(sim, cfg.reward),
+                         reward_fn or simulator_reward(sim, cfg.reward, cfg.self_reference_penalty),
                          ValueHead(explainer.model.config.hidden_size, cfg.value_hidden), ranks=ranks)
     return Built(data, ranker, shield, shield_info, explainer, histories, sim, panel, trainer, resolved, device)
 
