@@ -11,7 +11,9 @@ the median wall time over the timed steps: prompt building (bridge + embeddings)
 (simulator: q, CTR), the update's forward/backward passes, the optimizer step and the shield; then
 rollouts per second = ``ppo_batch`` / step time. ``--unshared`` repeats the steps with one prompt pass per
 row (``--no-share_prompts``: the loop before group-shared prompt encoding) for the speed-up at equal model,
-lengths and draws. Flags after ``--`` go to the PPO config (e.g. ``-- --kl_beta 0``).
+lengths and draws. Flags after ``--`` go to the PPO config (e.g. ``-- --kl_beta 0``); the run loop's own
+settings (learning-rate schedule, panel, drift checks, checkpoints: ``LOOP_FLAGS``) are refused, since the
+benchmark has no run loop and they would do nothing.
 
 ``--vs_trl`` (needs ``pip install trl``; TRL is the seed's reference implementation) runs TRL's
 ``GRPOTrainer`` on the same base model with a fresh LoRA of the same rank, the same prompts as text
@@ -71,9 +73,21 @@ def parse(argv=None) -> tuple[argparse.Namespace, list[str]]:
     return args, extra
 
 
+# run-loop settings: the benchmark times the trainer's steps (constant rates, no panel, no drift checks, nothing
+# saved), so these would be accepted and do nothing
+LOOP_FLAGS = ("--max_steps", "--warmup_steps", "--lr_decay", "--save_every", "--resume", "--panel_users", "--panel_every",
+              "--panel_decoding", "--panel_samples", "--monitor_every", "--monitor_users", "--max_ndcg_drop",
+              "--min_top10_overlap", "--drift_action", "--n_samples", "--rank_check_every")
+
+
 def ppo_config(args: argparse.Namespace, extra: list[str]):
     from shielded_recrl.trainer import run_recrl_cli
 
+    loop = sorted({a.split("=")[0] for a in extra} & set(LOOP_FLAGS))
+    if loop:
+        raise InputError("flags after --", "PPO settings of one step (the benchmark runs --warmup + --steps trainer "
+                         "steps at constant rates, without the run loop's panel, drift checks or checkpoints)",
+                         " ".join(loop), "Drop them, or time a real run with run_recrl_cli.py.")
     flags = ["--config", args.config, "--dataset", args.dataset, "--tag", "bench_ppo", "--panel_users", "0",
              "--monitor_every", "0", "--threads", str(args.threads)]
     if not any(f in extra for f in ("--projection_basis", "--no_projection", "--freeze_store")):

@@ -494,6 +494,9 @@ def test_bench_ppo_flags_reach_the_ppo_config():
     assert bench.ppo_config(*bench.parse([])).mode == "shielded"
     with pytest.raises(InputError, match="steps"):
         bench.parse(["--steps", "0"])
+    for loop_flag in (["--warmup_steps", "2"], ["--lr_decay=linear"], ["--panel_users", "8"]):
+        with pytest.raises(InputError, match=loop_flag[0].split("=")[0]):
+            bench.ppo_config(*bench.parse(["--", *loop_flag]))
 
 
 def test_self_reference_penalty_lowers_only_the_training_reward_of_self_references():
