@@ -494,6 +494,12 @@ def test_bench_ppo_flags_reach_the_ppo_config():
     assert bench.ppo_config(*bench.parse([])).mode == "shielded"
     with pytest.raises(InputError, match="steps"):
         bench.parse(["--steps", "0"])
+    import dataclasses
+
+    from shielded_recrl.trainer.config import RecRLConfig
+
+    fields = {"--" + f.name for f in dataclasses.fields(RecRLConfig)}
+    assert set(bench.LOOP_FLAGS) <= fields, set(bench.LOOP_FLAGS) - fields  # a renamed setting must be renamed here
     for loop_flag in (["--warmup_steps", "2"], ["--lr_decay=linear"], ["--panel_users", "8"]):
         with pytest.raises(InputError, match=loop_flag[0].split("=")[0]):
             bench.ppo_config(*bench.parse(["--", *loop_flag]))
