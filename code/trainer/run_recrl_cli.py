@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
 from shielded_recrl.common import atomic, distributed
@@ -141,12 +142,26 @@ def make_panel(sim: UserSimulator, histories, n: int, seed: int) -> list[Example
     return [Example(int(u), int(i), histories[int(u) - 1], "") for u, i in zip(users, items)]
 
 
+class PanelScores(NamedTuple):
+    """Per panel pair, each (n,) float64, the mean over the pair's texts: q, the click probability,
+    faithfulness@1, and the failure indicators as q's rules define them (docs/simulator.md; the same
+    0/1 rules as evaluation's ``hallucinated``, ``prompt_copy``, ``self_reference``, ``unfinished``)."""
+
+    q: torch.Tensor
+    click: torch.Tensor
+    faith1: torch.Tensor
+    self_reference: torch.Tensor
+    hallucinated: torch.Tensor
+    prompt_copy: torch.Tensor
+    unfinished: torch.Tensor
+
+
 @torch.no_grad()
 def panel_scores(trainer: PPOTrainer, sim: UserSimulator, panel: list[Example], decoding: str = "greedy",
-                 samples: int = 1, seed: int = 0) -> tuple[torch.Tensor, ...]:
-    """(q, click probability, faithfulness@1) per panel pair of explanations under the trainer's current
-    policy (the bridge reads the current store); faithfulness@1 to the ranker's leave-one-out reasons on the
-    original store (``sim.reasons``; docs/faithfulness.md), whatever ``w_faithfulness``.
+                 samples: int = 1, seed: int = 0) -> PanelScores:
+    """:class:`PanelScores` of the panel pairs' explanations under the trainer's current policy (the
+    bridge reads the current store); faithfulness@1 to the ranker's leave-one-out reasons on the original
+    store (``sim.reasons``; docs/faithfulness.md), whatever ``w_faithfulness``.
 
     ``decoding`` greedy: one greedy text per pair. ``sample``: ``samples`` texts per pair at the run's
     temperature and top-p, drawn from ``seed`` inside a forked random state (the same draws at every call,
@@ -159,7 +174,8 @@ def panel_scores(trainer: PPOTrainer, sim: UserSimulator, panel: list[Example], 
     x, s = trainer.x, trainer.s
     K = samples if decoding == "sample" else 1
     per_chunk = max(1, s.sim_batch // K)
-    qs, ps, fs = [], [], []
+    copy_ok = sim.quality.cfg.copy_ok
+    parts = {f: [] for f in PanelScores._fields}
     with torch.random.fork_rng():  # the CPU's and every visible CUDA device's random state, restored after
         torch.manual_seed(seed)
         for a in range(0, len(panel), per_chunk):
@@ -178,19 +194,24 @@ def panel_scores(trainer: PPOTrainer, sim: UserSimulator, panel: list[Example], 
             attr = sim.reasons([e.history for e in exs], [e.item_id for e in exs], shown)
             named = named_shown_items(sim.quality.titles, out.texts, shown)
             hit = faithfulness_at_k(named, attr.items, attr.contributions, k=1).hit
-            hit = torch.as_tensor(hit, dtype=torch.float64)
-            for acc, v in ((qs, torch.as_tensor(qual.q, dtype=torch.float64)), (ps, p.double().cpu()), (fs, hit)):
-                acc.append(v.reshape(-1, K).mean(1))
-    return torch.cat(qs), torch.cat(ps), torch.cat(fs)
+            values = {"q": qual.q, "click": p.double().cpu(), "faith1": hit,
+                      "self_reference": qual.self_reference, "hallucinated": np.asarray(qual.n_hallucinated) > 0,
+                      "prompt_copy": np.asarray(qual.copy) > copy_ok, "unfinished": qual.unfinished}
+            for f, v in values.items():
+                parts[f].append(torch.as_tensor(np.asarray(v, dtype=np.float64)).reshape(-1, K).mean(1))
+    return PanelScores(*(torch.cat(parts[f]) for f in PanelScores._fields))
 
 
-def panel_metrics(now: tuple[torch.Tensor, ...], warm: tuple[torch.Tensor, ...]) -> dict:
-    """Paired differences policy − warm start on the panel's pairs (mean, paired SE): q, CTR and
-    faithfulness@1 (both in points)."""
+PANEL_METRICS = (("q", "q", 1.0), ("ctr_pp", "click", 100.0), ("faith1_pts", "faith1", 100.0),
+                 ("self_reference_pts", "self_reference", 100.0))
+
+
+def panel_metrics(now: PanelScores, warm: PanelScores) -> dict:
+    """Paired differences policy − warm start on the panel's pairs (mean, paired SE): q, CTR,
+    faithfulness@1 and the self-reference rate (the last three in points)."""
     out = {}
-    for name, a, b, scale in (("q", now[0], warm[0], 1.0), ("ctr_pp", now[1], warm[1], 100.0),
-                              ("faith1_pts", now[2], warm[2], 100.0)):
-        d = paired_diff(b, a)
+    for name, field, scale in PANEL_METRICS:
+        d = paired_diff(getattr(warm, field), getattr(now, field))
         out.update({f"panel/{name}": d.mean_b * scale, f"panel/d{name}": d.diff * scale,
                     f"panel/d{name}_se": d.se * scale})
     return out
@@ -382,7 +403,7 @@ def run(cfg: RecRLConfig, reward_fn=None) -> dict:
         with trainer.reference_weights():
             warm_panel = panel_scores(trainer, sim, panel, *panel_decoding)
         log.info("panel: %d validation pairs; warm start q %.4f, CTR %.4f", len(panel),
-                 float(warm_panel[0].mean()), float(warm_panel[1].mean()))
+                 float(warm_panel.q.mean()), float(warm_panel.click.mean()))
     best = json.loads((run_folder.run_dir(cfg.dataset, cfg.tag) / "best").read_text()) \
         if resume_from is not None and (run_folder.run_dir(cfg.dataset, cfg.tag) / "best").exists() else None
     best_dq = state.get("best_panel_dq", -float("inf")) if resume_from is not None else -float("inf")
