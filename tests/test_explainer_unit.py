@@ -427,7 +427,7 @@ def save_random_ranker(root: Path, processed, dataset: str = "ml100k", seed: int
 def test_init_lora_command_on_tiny_model(ml100k_processed, tiny_dir, tmp_path, monkeypatch):
     from shielded_recrl.dataset.processed import load_processed
     from shielded_recrl.explainer import init_lora
-    from shielded_recrl.explainer.checkpoint import load_explainer
+    from shielded_recrl.explainer.checkpoint import load_explainer, prompt_settings
     from shielded_recrl.ranker.checkpoint import checkpoint_sha256, load_ranker
 
     root = make_root(tmp_path, ml100k_processed)
@@ -462,11 +462,17 @@ def test_init_lora_command_on_tiny_model(ml100k_processed, tiny_dir, tmp_path, m
     no_bridge = init_lora.main(argv[:-1] + ["--no_bridge", "--out_dir", "checkpoints/lora_init_nb"])
     assert "ranker" not in no_bridge["inputs"] and not (root / "checkpoints/lora_init_nb/bridge.safetensors").exists()
     # the main-reason line needs the ranker even without a bridge; it builds no bridge and is saved with the prompt
-    reason = init_lora.main(argv[:-1] + ["--no_bridge", "--ranker_reason", "--out_dir", "checkpoints/lora_init_rr"])
+    reason = init_lora.main(argv[:-1] + ["--no_bridge", "--ranker_reason", "--prompt_layout", "reason_last",
+                                         "--out_dir", "checkpoints/lora_init_rr"])
     assert reason["inputs"]["ranker"]["sha256"] == checkpoint_sha256(ranker_path)
     assert not (root / "checkpoints/lora_init_rr/bridge.safetensors").exists()
     ex_r, info_r = load_explainer(root / "checkpoints/lora_init_rr", items=data.items, ranker=rk)
     assert info_r["prompt"]["ranker_reason"] and ex_r.bridge is None and ex_r.ranker is rk
+    assert (ex_r.settings.layout, ex.settings.layout) == ("reason_last", "title_instruction")
+    # a checkpoint from before the layout was recorded loads with the layout it was trained on
+    record = json.loads((root / "checkpoints/lora_init_rr/explainer.json").read_text())
+    del record["prompt"]["layout"]
+    assert prompt_settings(record) == dataclasses.replace(ex_r.settings, layout="title_instruction")
     with pytest.raises(InputError, match="main-reason line"):
         load_explainer(root / "checkpoints/lora_init_rr", items=data.items)
 
@@ -593,6 +599,35 @@ def test_reason_line_names_a_shown_item_even_after_truncation(tok):
     assert none.ids == plain.ids and "main reason" not in tok.decode(plain.ids)
     with pytest.raises(ValueError, match="one contribution per history item"):
         build_prompt(tok, hist, CATALOG[30], 10_000, kind="movie", contributions=[1.0])
+
+
+def test_reason_last_layout_ends_on_the_reason_and_keeps_a_bare_title_before_no_history(tok):
+    """``reason_last``: the reason line is the last line before an instruction that names no title (so the
+    recommended item's title is said once), and when one full history line does not fit, the last item is
+    shown by its title alone before the prompt falls back to no history. ``title_instruction`` (the layout of
+    every checkpoint before the layout was recorded) is unchanged and never drops to a bare title."""
+    hist = [CATALOG[i] for i in range(1, 6)]
+    contribs = [0.1, 0.1, 0.1, 0.5, 0.1]
+    old = build_prompt(tok, hist, CATALOG[30], 10_000, kind="movie", n_user_tokens=2, n_item_tokens=1,
+                       contributions=contribs)
+    assert old.ids == build_prompt(tok, hist, CATALOG[30], 10_000, kind="movie", n_user_tokens=2, n_item_tokens=1,
+                                   contributions=contribs, layout="title_instruction").ids
+    new = build_prompt(tok, hist, CATALOG[30], 10_000, kind="movie", n_user_tokens=2, n_item_tokens=1,
+                       contributions=contribs, layout="reason_last")
+    text = tok.decode(new.ids)
+    lines = text.split("<|im_start|>user\n")[1].split("<|im_end|>\n<|im_start|>assistant")[0].split("\n")
+    assert lines[-2:] == ["The recommender's main reason: Movie Number 4",
+                          "In one or two sentences, tell me why I might enjoy this movie."]
+    assert text.count("Movie Number 30") == 1 and tok.decode(old.ids).count("Movie Number 30") == 2
+    assert len(new.ids) < len(old.ids) and new.n_history == 5
+    one = build_prompt(tok, hist[-1:], CATALOG[30], 10_000, kind="movie", layout="reason_last")
+    bare = build_prompt(tok, hist[-1:], CATALOG[30], len(one.ids) - 1, kind="movie", layout="reason_last")
+    assert bare.n_history == 1 and "- Movie Number 5\n" in tok.decode(bare.ids)
+    assert "Movie Number 5 (" not in tok.decode(bare.ids)
+    cut = build_prompt(tok, hist[-1:], CATALOG[30], len(one.ids) - 1, kind="movie")
+    assert cut.n_history == 0 and "Movie Number 5" not in tok.decode(cut.ids)
+    with pytest.raises(ValueError, match="layout"):
+        build_prompt(tok, hist, CATALOG[30], 10_000, kind="movie", layout="reasons_first")
 
 
 def test_explainer_reason_is_the_rankers_top_contributor_among_shown_items(tiny_dir):

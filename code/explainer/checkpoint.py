@@ -77,6 +77,12 @@ def read_info(folder: str | os.PathLike) -> dict:
     return info
 
 
+def prompt_settings(info: dict) -> PromptSettings:
+    """The prompt a checkpoint was trained on (``explainer.json``'s ``prompt``). Checkpoints from before
+    the layout was recorded were all trained on the ``title_instruction`` layout."""
+    return PromptSettings(**{"layout": "title_instruction", **info["prompt"]})
+
+
 def load_explainer(folder: str | os.PathLike, *, items, ranker=None, device="cpu", dtype=torch.float32,
                    quant: str = "none", trainable: bool = False, expect_id_map: str | None = None,
                    ranker_sha256: str | None = None) -> tuple[Explainer, dict]:
@@ -122,7 +128,7 @@ def load_explainer(folder: str | os.PathLike, *, items, ranker=None, device="cpu
         bridge.to(device)
         bridge.requires_grad_(trainable)
         freeze_ranker(ranker)
-    settings = PromptSettings(**info["prompt"])
+    settings = prompt_settings(info)
     if settings.ranker_reason:
         if ranker is None:
             raise InputError(folder / INFO, "a ranker for the prompt's main-reason line (ranker_reason is on)",

@@ -82,6 +82,11 @@ class LoraInitConfig(SFTSettings):
         "help": "the prompt names the ranker's main reason: the shown history item whose leave-one-out deletion "
                 "lowers the recommended item's SASRec score most (docs/faithfulness.md §3); saved with the "
                 "checkpoint, so PPO and evaluation build the same prompts"})
+    prompt_layout: str = dataclasses.field(default="title_instruction", metadata={
+        "choices": ["title_instruction", "reason_last"],
+        "help": "title_instruction: the instruction repeats the item's title after the reason line; reason_last: "
+                "the reason line comes last and the instruction names no title (code/explainer/prompts.py); "
+                "saved with the checkpoint"})
     reference_reasons: str = dataclasses.field(default="recent_genre", metadata={
         "choices": ["recent_genre", "ranker"],
         "help": "template references name the most recent history item sharing a genre (built with the "
@@ -224,7 +229,7 @@ def run(cfg: LoraInitConfig, force: bool = False) -> dict:
                               max_history=cfg.max_history, n_user_tokens=cfg.n_user_tokens,
                               n_item_tokens=cfg.n_item_tokens,
                               ranker_max_len=ranker.cfg.max_len if ranker is not None else 50,
-                              ranker_reason=cfg.ranker_reason)
+                              ranker_reason=cfg.ranker_reason, layout=cfg.prompt_layout)
     needs_reader = bridge is not None or cfg.ranker_reason
     explainer = Explainer(model, tok, ItemCatalog(data.items), settings, bridge, ranker if needs_reader else None)
     n_train_params = sum(p.numel() for p in explainer.trainable_parameters())

@@ -27,6 +27,7 @@ class PromptSettings:
     n_item_tokens: int = 2        # soft tokens for e_i (0 with --no_bridge)
     ranker_max_len: int = 50      # SASRec history window for h_u
     ranker_reason: bool = False   # a "main reason" line: the shown item the ranker's score rests on most
+    layout: str = "title_instruction"  # prompts.LAYOUTS: where the reason line sits, whether the instruction names the item
 
 
 class Example(NamedTuple):
@@ -119,7 +120,8 @@ class Explainer:
         contribs = self.contributions(examples) if s.ranker_reason and examples else [None] * len(examples)
         return [build_prompt(self.tok, [self.catalog[i] for i in ex.history], self.catalog[ex.item_id],
                              s.max_prompt_len, kind=s.kind, n_user_tokens=s.n_user_tokens,
-                             n_item_tokens=s.n_item_tokens, max_history=s.max_history, contributions=c)
+                             n_item_tokens=s.n_item_tokens, max_history=s.max_history, contributions=c,
+                             layout=s.layout)
                 for ex, c in zip(examples, contribs)]
 
     def prompt(self, ex: Example) -> Prompt:

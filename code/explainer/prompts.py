@@ -15,8 +15,19 @@ bridge overwrites (see ``bridge.py``). Without the bridge the whole "What the re
 is left out. The "main reason" line is there only when the caller passes the ranker's leave-one-out
 contribution of each history item (``contributions``; ``PromptSettings.ranker_reason``): it names the
 shown item whose deletion lowers the recommended item's score most (docs/faithfulness.md), and is left
-out when no shown item's deletion lowers it. When the prompt exceeds its token budget the oldest history items are dropped first; the
-recommended item, the instruction and the soft tokens are always kept.
+out when no shown item's deletion lowers it. When the prompt exceeds its token budget the oldest history
+items are dropped first (under ``reason_last``, a last history item that does not fit with its year and
+genres is shown by its title alone); the recommended item, the instruction and the soft tokens are always
+kept.
+
+Two layouts (``PromptSettings.layout``, saved with every explainer checkpoint):
+
+- ``title_instruction`` (above; every checkpoint before the layout was recorded): the reason line follows
+  the recommended item and the instruction repeats the item's title, so the title nearest the answer is
+  the recommended item's own.
+- ``reason_last``: the reason line comes last, just before an instruction that names no title ("tell me
+  why I might enjoy this movie."), so the title nearest the answer is the reason's, and the prompt is
+  shorter by the repeated title (room for more history under the same budget).
 
 No I/O here; ``tok`` is any Hugging Face tokenizer with a chat template.
 """
@@ -33,6 +44,7 @@ SOFT_TEXT, SOFT_USER, SOFT_ITEM = 0, 1, 2  # values of Prompt.soft
 
 SYSTEM = "You explain recommendations: in one or two friendly sentences, tell the user why the {kind} suits them."
 KIND = {"ml100k": "movie", "ml25m": "movie", "books": "book", "steam": "game"}
+LAYOUTS = ("title_instruction", "reason_last")
 
 
 def item_kind(dataset: str) -> str:
@@ -92,18 +104,22 @@ def top_shown(contributions: Sequence[float] | None, n_shown: int) -> int | None
 
 
 def user_message(history: Sequence[dict], item: dict, kind: str, n_user_tokens: int, n_item_tokens: int,
-                 reason: dict | None = None) -> str:
+                 reason: dict | None = None, layout: str = "title_instruction", bare_titles: bool = False) -> str:
+    """The user turn. ``bare_titles``: history lines show titles only (no year or genres)."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"prompt layout must be one of {LAYOUTS}; found {layout!r}")
     lines = []
     if history:
         lines.append("Items you chose recently (oldest first):")
-        lines += [f"- {describe_item(h)}" for h in history]
+        lines += [f"- {h['title'] if bare_titles else describe_item(h)}" for h in history]
     lines.append(f"Recommended {kind}: {describe_item(item)}")
-    if reason is not None:
-        lines.append(f"The recommender's main reason: {reason['title']}")
-    if n_user_tokens or n_item_tokens:
-        lines.append(f"What the recommender knows about you: {USER_MARK * n_user_tokens} "
-                     f"and about this {kind}: {ITEM_MARK * n_item_tokens}")
-    lines.append(f"In one or two sentences, tell me why I might enjoy {item['title']}.")
+    reason_line = [f"The recommender's main reason: {reason['title']}"] if reason is not None else []
+    soft_line = [f"What the recommender knows about you: {USER_MARK * n_user_tokens} "
+                 f"and about this {kind}: {ITEM_MARK * n_item_tokens}"] if n_user_tokens or n_item_tokens else []
+    if layout == "title_instruction":
+        lines += reason_line + soft_line + [f"In one or two sentences, tell me why I might enjoy {item['title']}."]
+    else:
+        lines += soft_line + reason_line + [f"In one or two sentences, tell me why I might enjoy this {kind}."]
     return "\n".join(lines)
 
 
@@ -123,25 +139,27 @@ def _tokenize(tok, text: str) -> tuple[list[int], list[int]]:
 
 def build_prompt(tok, history: Sequence[dict], item: dict, max_len: int, *, kind: str = "item",
                  n_user_tokens: int = 0, n_item_tokens: int = 0, max_history: int = 10,
-                 contributions: Sequence[float] | None = None) -> Prompt:
+                 contributions: Sequence[float] | None = None, layout: str = "title_instruction") -> Prompt:
     """Chat-templated prompt of at most ``max_len`` tokens; ``history`` is oldest first.
 
     ``contributions``: the ranker's leave-one-out score drop of each history item (aligned with
     ``history``; NaN where not attributed), or None for no "main reason" line. The reason is chosen among
     the items the prompt finally shows, so truncation never leaves it naming an item that is not listed.
+    Under the ``reason_last`` layout, a single history item that does not fit with its year and genres is
+    shown by its title alone before the prompt falls back to no history.
     """
     if contributions is not None and len(contributions) != len(history):
         raise ValueError(f"one contribution per history item expected: {len(history)} items, "
                          f"{len(contributions)} contributions")
     system = SYSTEM.format(kind=kind)
-    keep = min(len(history), max_history)
+    keep, bare = min(len(history), max_history), False
     while True:
         hist = list(history[len(history) - keep:]) if keep else []
         top = top_shown(contributions, keep)
         reason = history[top] if top is not None else None
         messages = [{"role": "system", "content": system},
                     {"role": "user", "content": user_message(hist, item, kind, n_user_tokens, n_item_tokens,
-                                                             reason)}]
+                                                             reason, layout, bare)}]
         text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         ids, soft = _tokenize(tok, text)
         if len(ids) <= max_len:
@@ -150,6 +168,9 @@ def build_prompt(tok, history: Sequence[dict], item: dict, max_len: int, *, kind
             raise ValueError(f"max_seq_len_explainer leaves {max_len} prompt tokens, but the prompt without any "
                              f"history already needs {len(ids)}: raise max_seq_len_explainer or lower "
                              "explanation_max_len")
+        if keep == 1 and layout == "reason_last" and not bare:
+            bare = True  # the last item by its title alone, rather than no history at all
+            continue
         keep -= 1  # drop the oldest history item first
 
 
