@@ -43,7 +43,7 @@ def parse(argv=None) -> tuple[RecRLConfig, str]:
     if cfg.panel_users < 2:
         raise InputError("--panel_users", "at least 2 validation pairs (paired differences need two)",
                          str(cfg.panel_users))
-    if cfg.mode is None and not (cfg.projection_basis or cfg.no_projection):
+    if not (cfg.projection_basis or cfg.no_projection or cfg.freeze_store):
         cfg = dataclasses.replace(cfg, freeze_store=True)  # no step is taken: the mode changes nothing
     R.check(cfg)
     return cfg, ns.vs

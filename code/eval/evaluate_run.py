@@ -222,6 +222,7 @@ def indicators(qual, quality, ranker, examples: list[Example], texts: list[str],
     from shielded_recrl.eval import faithfulness as F
     from shielded_recrl.eval.judge import history_relevance, item_relevance, judge_score, title_masked
     from shielded_recrl.ranker.attribution import leave_one_out, loo_inputs
+    from shielded_recrl.trainer.quality import failure_indicators
 
     n_shown = max(1, max((len(s) for s in shown), default=1))
     seqs = loo_inputs([np.asarray(e.history, np.int64) for e in examples], ranker.cfg.max_len)
@@ -236,11 +237,7 @@ def indicators(qual, quality, ranker, examples: list[Example], texts: list[str],
     rel_masked = item_relevance(judge, [m[0] for m in masked], [m[1] for m in masked])
     rel_hist = history_relevance(judge, texts, [[item_text[int(i)] for i in np.asarray(e.history)[-window:]]
                                                 for e in examples])
-    return {"hallucinated": (np.asarray(qual.n_hallucinated) > 0).astype(float),
-            "prompt_copy": (np.asarray(qual.copy) > quality.cfg.copy_ok).astype(float),
-            "self_reference": np.asarray(qual.self_reference, dtype=float),
-            "unfinished": np.asarray(qual.unfinished, dtype=float),
-            "unnamed_item": np.asarray(qual.unnamed_item, dtype=float),
+    return {**failure_indicators(qual, quality.cfg),
             "faith1": faith1.hit,
             "names_no_history": faith1.named_none.astype(float),
             "names_latest": F.names_latest(named, shown).astype(float),

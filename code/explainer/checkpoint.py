@@ -26,6 +26,7 @@ from ..common.errors import InputError
 from .bridge import Bridge, BridgeConfig, freeze_ranker
 from .loading import load_base
 from .policy import Explainer, ItemCatalog, PromptSettings
+from .prompts import LAYOUTS
 
 FORMAT = "shielded_recrl.explainer/1"
 INFO = "explainer.json"
@@ -80,7 +81,7 @@ def read_info(folder: str | os.PathLike) -> dict:
 def prompt_settings(info: dict) -> PromptSettings:
     """The prompt a checkpoint was trained on (``explainer.json``'s ``prompt``). Checkpoints from before
     the layout was recorded were all trained on the ``title_instruction`` layout."""
-    return PromptSettings(**{"layout": "title_instruction", **info["prompt"]})
+    return PromptSettings(**{"layout": LAYOUTS[0], **info["prompt"]})
 
 
 def load_explainer(folder: str | os.PathLike, *, items, ranker=None, device="cpu", dtype=torch.float32,

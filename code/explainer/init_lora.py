@@ -39,7 +39,7 @@ from shielded_recrl.explainer.loading import OFFLINE_ALIAS, add_lora, load_base
 from shielded_recrl.dataset.references import ranker_reason_explanation
 from shielded_recrl.eval.faithfulness import top_contributor
 from shielded_recrl.explainer.policy import Example, Explainer, ItemCatalog, PromptSettings, reference_examples
-from shielded_recrl.explainer.prompts import item_kind, shown_history
+from shielded_recrl.explainer.prompts import LAYOUTS, item_kind, shown_history
 from shielded_recrl.explainer.sft import SFTSettings, encode, train_sft
 from shielded_recrl.ranker.attribution import shown_attribution
 from shielded_recrl.ranker.checkpoint import checkpoint_sha256, load_ranker
@@ -82,8 +82,8 @@ class LoraInitConfig(SFTSettings):
         "help": "the prompt names the ranker's main reason: the shown history item whose leave-one-out deletion "
                 "lowers the recommended item's SASRec score most (docs/faithfulness.md §3); saved with the "
                 "checkpoint, so PPO and evaluation build the same prompts"})
-    prompt_layout: str = dataclasses.field(default="title_instruction", metadata={
-        "choices": ["title_instruction", "reason_last"],
+    prompt_layout: str = dataclasses.field(default=LAYOUTS[0], metadata={
+        "choices": list(LAYOUTS),
         "help": "title_instruction: the instruction repeats the item's title after the reason line; reason_last: "
                 "the reason line comes last and the instruction names no title (code/explainer/prompts.py); "
                 "saved with the checkpoint"})

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from .bridge import prompt_embeddings, read_ranker
-from .prompts import Prompt, PromptBatch, build_prompt, collate_prompts
+from .prompts import LAYOUTS, Prompt, PromptBatch, build_prompt, collate_prompts
 
 
 @dataclasses.dataclass
@@ -27,7 +27,7 @@ class PromptSettings:
     n_item_tokens: int = 2        # soft tokens for e_i (0 with --no_bridge)
     ranker_max_len: int = 50      # SASRec history window for h_u
     ranker_reason: bool = False   # a "main reason" line: the shown item the ranker's score rests on most
-    layout: str = "title_instruction"  # prompts.LAYOUTS: where the reason line sits, whether the instruction names the item
+    layout: str = LAYOUTS[0]      # prompts.LAYOUTS: where the reason line sits, whether the instruction names the item
 
 
 class Example(NamedTuple):

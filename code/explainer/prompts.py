@@ -44,7 +44,7 @@ SOFT_TEXT, SOFT_USER, SOFT_ITEM = 0, 1, 2  # values of Prompt.soft
 
 SYSTEM = "You explain recommendations: in one or two friendly sentences, tell the user why the {kind} suits them."
 KIND = {"ml100k": "movie", "ml25m": "movie", "books": "book", "steam": "game"}
-LAYOUTS = ("title_instruction", "reason_last")
+LAYOUTS = ("title_instruction", "reason_last")  # the first: the default, and every checkpoint from before it was recorded
 
 
 def item_kind(dataset: str) -> str:
@@ -104,7 +104,7 @@ def top_shown(contributions: Sequence[float] | None, n_shown: int) -> int | None
 
 
 def user_message(history: Sequence[dict], item: dict, kind: str, n_user_tokens: int, n_item_tokens: int,
-                 reason: dict | None = None, layout: str = "title_instruction", bare_titles: bool = False) -> str:
+                 reason: dict | None = None, layout: str = LAYOUTS[0], bare_titles: bool = False) -> str:
     """The user turn. ``bare_titles``: history lines show titles only (no year or genres)."""
     if layout not in LAYOUTS:
         raise ValueError(f"prompt layout must be one of {LAYOUTS}; found {layout!r}")
@@ -139,7 +139,7 @@ def _tokenize(tok, text: str) -> tuple[list[int], list[int]]:
 
 def build_prompt(tok, history: Sequence[dict], item: dict, max_len: int, *, kind: str = "item",
                  n_user_tokens: int = 0, n_item_tokens: int = 0, max_history: int = 10,
-                 contributions: Sequence[float] | None = None, layout: str = "title_instruction") -> Prompt:
+                 contributions: Sequence[float] | None = None, layout: str = LAYOUTS[0]) -> Prompt:
     """Chat-templated prompt of at most ``max_len`` tokens; ``history`` is oldest first.
 
     ``contributions``: the ranker's leave-one-out score drop of each history item (aligned with

@@ -148,6 +148,17 @@ class Quality(NamedTuple):
     faithfulness: np.ndarray  # float, graded faithfulness to the ranker; NaN when not scored (w_faithfulness 0)
 
 
+def failure_indicators(qual: Quality, cfg: "QualityConfig") -> dict[str, np.ndarray]:
+    """The 0/1 failure indicators systems are compared on, per text (float (n,) arrays): a hallucinated
+    catalogue title, prompt copy above ``cfg.copy_ok``, self-reference, an unfinished sentence and a text that
+    never names the item — the rules q applies (docs/simulator.md). Evaluation and the PPO panel both use this."""
+    return {"hallucinated": (np.asarray(qual.n_hallucinated) > 0).astype(float),
+            "prompt_copy": (np.asarray(qual.copy) > cfg.copy_ok).astype(float),
+            "self_reference": np.asarray(qual.self_reference, dtype=float),
+            "unfinished": np.asarray(qual.unfinished, dtype=float),
+            "unnamed_item": np.asarray(qual.unnamed_item, dtype=float)}
+
+
 # --- safety --------------------------------------------------------------------------------------
 PII_PATTERNS = {
     "email": re.compile(r"\b[\w.+-]+@[\w-]+(?:\.[\w-]+)+\b"),

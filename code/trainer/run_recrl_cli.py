@@ -170,11 +170,11 @@ def panel_scores(trainer: PPOTrainer, sim: UserSimulator, panel: list[Example], 
     from shielded_recrl.eval.faithfulness import faithfulness_at_k, named_shown_items
     from shielded_recrl.explainer.generation import expand_groups, generate
     from shielded_recrl.explainer.prompts import shown_history
+    from shielded_recrl.trainer.quality import failure_indicators
 
     x, s = trainer.x, trainer.s
     K = samples if decoding == "sample" else 1
     per_chunk = max(1, s.sim_batch // K)
-    copy_ok = sim.quality.cfg.copy_ok
     parts = {f: [] for f in PanelScores._fields}
     with torch.random.fork_rng():  # the CPU's and every visible CUDA device's random state, restored after
         torch.manual_seed(seed)
@@ -195,10 +195,9 @@ def panel_scores(trainer: PPOTrainer, sim: UserSimulator, panel: list[Example], 
             named = named_shown_items(sim.quality.titles, out.texts, shown)
             hit = faithfulness_at_k(named, attr.items, attr.contributions, k=1).hit
             values = {"q": qual.q, "click": p.double().cpu(), "faith1": hit,
-                      "self_reference": qual.self_reference, "hallucinated": np.asarray(qual.n_hallucinated) > 0,
-                      "prompt_copy": np.asarray(qual.copy) > copy_ok, "unfinished": qual.unfinished}
-            for f, v in values.items():
-                parts[f].append(torch.as_tensor(np.asarray(v, dtype=np.float64)).reshape(-1, K).mean(1))
+                      **failure_indicators(qual, sim.quality.cfg)}
+            for f in PanelScores._fields:
+                parts[f].append(torch.as_tensor(np.asarray(values[f], dtype=np.float64)).reshape(-1, K).mean(1))
     return PanelScores(*(torch.cat(parts[f]) for f in PanelScores._fields))
 
 
