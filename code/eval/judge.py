@@ -21,8 +21,8 @@ Two relevances, mirroring q's relevance components under the second encoder (``t
   item's own title in its catalogue text, replaced by :data:`TITLE_MASK` before the item cosine. Why: the
   unmasked item cosine pays for the item's title said twice — on the 51 of 256 test pairs where the greedy
   warm start wrote "Because you enjoyed X, you may like X", every RL run's ``judge_item`` was 14–16 × 10⁻³
-  lower, against 0–1.2 on the other pairs (README, "Greedy decoding, and what the judge's item part
-  measures") — so removing self-references, a target of issue #13, lowers it whatever else the text says.
+  lower, against 0–1.2 on the other pairs (docs/learning_log.md, "Greedy decoding, and what the judge's
+  item part measures") — so removing self-references, a target of issue #13, lowers it whatever else the text says.
   Masked, the item part asks whether the words *around* the titles (genres, what the film is) fit the
   item. Defined in the tenth session's note before any run was scored with it; the unmasked judge is still
   reported and stays the one the issue's target was first read on.

@@ -637,18 +637,20 @@ class QualityScorer:
         # METHOD: nor can naming the item as its own reason. Its grounding penalty (−1 at weight 0.2) was
         # not enough: the item's title raises the item cosine (0.998 on the self_reference probe), so the
         # probe kept q ≈ 0.52, and PPO at w_faithfulness 0.3 left 1.6–4.3% of test texts self-referencing
-        # (README, fifth session) against the ≤ 1% target; as for a paste, a cap removes the gain whatever it is
+        # (docs/learning_log.md, fifth session) against the ≤ 1% target; as for a paste, a cap removes the
+        # gain whatever it is
         q = np.where(selfref, np.minimum(q, c.self_reference_cap), q)
         # METHOD: nor can stopping mid-sentence. Its form penalty (−2 of form's range at weight 0.07 under
         # w_faithfulness 0.3) cost less than what a cut saves: PPO's seed 2 at w 0.3 ended 5.5% of test
-        # texts after "you may like X (year):" (README, sixth session) against the ≤ 2% target
+        # texts after "you may like X (year):" (docs/learning_log.md, sixth session) against the ≤ 2% target
         q = np.where(unfinished, np.minimum(q, c.unfinished_cap), q)
         # METHOD: nor can leaving the recommendation out. Grounding and faithfulness pay for shown history
         # titles wherever they stand, so "Because you enjoyed A, you may like B" (B another shown title, the
         # item unnamed) kept the credit of two reasons while the text no longer says what it recommends.
         # Every template reference names its item, so a text that does not is capped, as a cut-off one is.
-        # Measured (README, tenth session, seed 0): without the cap PPO left the item unnamed in 7.8% of test
-        # texts (warm start 3.5%), with it 4.7%; most of the rest misspell the title under sampling
+        # Measured (docs/learning_log.md, tenth session, seed 0): without the cap PPO left the item unnamed
+        # in 7.8% of test texts (warm start 3.5%), with it 4.7%; most of the rest misspell the title under
+        # sampling
         q = np.where(unnamed, np.minimum(q, c.unnamed_item_cap), q)
         return Quality(np.clip(q, -1, 1), item, history, grounding, form, safety, n_good.astype(int),
                        n_bad.astype(int), n_unk.astype(int), tox, pii, copy, selfref, unfinished, unnamed, faithful)
