@@ -9,8 +9,8 @@ frozen unless a mode flag is given, which changes nothing here since no step is 
 fixed validation panel (``--panel_users`` seeded validation users, each with its top slate item; the first 32
 are the 32 a run's default panel uses) under the panel's decoding (``--panel_decoding``, ``--panel_samples``,
 the same seeded draws for every checkpoint). Prints each checkpoint's levels — q, simulated CTR,
-faithfulness@1 and the rates of self-reference, hallucinated titles, prompt copy and unfinished texts, q's
-rules (docs/simulator.md) — and, with ``--vs``, checkpoint − vs on the same pairs ± paired SE (two-sided
+faithfulness@1 and the rates of self-reference, hallucinated and invented titles, prompt copy and unfinished
+texts, q's rules (docs/simulator.md) — and, with ``--vs``, checkpoint − vs on the same pairs ± paired SE (two-sided
 paired t-test p). Test users are never touched. Writes nothing.
 """
 
@@ -27,7 +27,8 @@ from shielded_recrl.trainer.config import RecRLConfig
 
 FIELDS = (("q", "q", 1.0, 3), ("CTR %", "click", 100.0, 2), ("faith@1 %", "faith1", 100.0, 1),
           ("self-ref %", "self_reference", 100.0, 1), ("halluc %", "hallucinated", 100.0, 1),
-          ("copy %", "prompt_copy", 100.0, 1), ("unfinished %", "unfinished", 100.0, 1))  # (column, field, scale, decimals)
+          ("invented %", "invented_title", 100.0, 1), ("copy %", "prompt_copy", 100.0, 1),
+          ("unfinished %", "unfinished", 100.0, 1))  # (column, field, scale, decimals)
 
 
 def parse(argv=None) -> tuple[RecRLConfig, str]:

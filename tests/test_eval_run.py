@@ -79,7 +79,7 @@ def test_evaluate_run_writes_metrics_and_explanations(runs, monkeypatch):
     # every system difference is paired over the same users, with its SE and p-value
     vs = frozen["vs_warm_start"]
     assert set(vs) == {"recrl", "base", "template"}
-    for field in ("ctr", "q", "faith1", "hallucinated", "prompt_copy", "self_reference", "unfinished",
+    for field in ("ctr", "q", "faith1", "hallucinated", "invented_title", "prompt_copy", "self_reference", "unfinished",
                   "unnamed_item", "judge", "judge_item", "judge_history", "judge_masked", "judge_item_masked", "names_no_history", "names_latest"):
         c = vs["recrl"][field]
         assert c["n"] == 4 and c["ci_low"] <= c["diff"] <= c["ci_high"] and 0.0 <= c["p"] <= 1.0, field

@@ -1,5 +1,6 @@
 """Issue #13's evaluation rates (code/eval/text_metrics.py): hallucination against the history the prompt
-showed, prompt-copy, self-reference and unfinished rates, on hand-made records with hand-counted values."""
+showed, invented titles, prompt-copy, self-reference and unfinished rates, on hand-made records with
+hand-counted values."""
 
 from __future__ import annotations
 
@@ -39,6 +40,39 @@ def test_hallucination_counts_against_the_shown_history():
     assert [tm.shown_of(r) for r in records] == [[3], [2], [2, 3]]  # without "shown": "history" is what it showed
     m = tm.explanation_metrics(records, ITEMS, ConstEncoder())
     assert m["hallucination_rate"] == pytest.approx(1 / 3)
+
+
+def test_invented_titles_are_counted_apart_from_hallucinated_catalogue_titles():
+    titles = TitleIndex(ITEMS)
+    records = [
+        rec("Because you enjoyed The Black Lagoons, you may like Toy Story: it is also a comedy."),  # invented
+        rec("Because you enjoyed GoldenEye, you may like Toy Story: it is also a comedy."),  # shown, real
+        rec("Because you enjoyed Fargo, you may like Toy Story: it is also a comedy.", shown=[2]),  # real, unshown
+        rec("Because you enjoyed GoldenEye, you may like Toy Story: it is also a comedy film."),
+    ]
+    assert tm.invented_title_rate(records, titles) == pytest.approx(1 / 4)
+    m = tm.explanation_metrics(records, ITEMS, ConstEncoder(), titles)
+    assert (m["invented_title_rate"], m["hallucination_rate"]) == pytest.approx((0.25, 0.25))  # different texts
+    assert tm.invented_title_rate([], titles) == 0.0
+
+
+def test_failure_indicators_flag_what_q_penalises_one_text_at_a_time():
+    from shielded_recrl.trainer.quality import QualityConfig, QualityScorer, failure_indicators
+
+    texts = ["Because you enjoyed The Black Lagoons, you may like Toy Story: it is also a comedy.",
+             "Because you enjoyed Fargo, you may like Toy Story: it is also a comedy.",
+             "Because you enjoyed Toy Story, you may like Toy Story: it is a comedy.",
+             "Because you enjoyed GoldenEye, you may like Toy Story: it is also a",
+             "Because you enjoyed GoldenEye, you may like Toy Story: it is also a comedy."]
+    scorer = QualityScorer(ITEMS.assign(text=ITEMS["title"]), ConstEncoder(), QualityConfig(),
+                           toxicity=lambda t: np.zeros(len(t)))
+    qual = scorer.score(texts, [1] * 5, [[2, 3]] * 5, [[2]] * 5)
+    ind = failure_indicators(qual, scorer.cfg)
+    assert ind["invented_title"].tolist() == [1, 0, 0, 0, 0]
+    assert ind["hallucinated"].tolist() == [0, 1, 0, 0, 0]
+    assert ind["self_reference"].tolist() == [0, 0, 1, 0, 0]
+    assert ind["unfinished"].tolist() == [0, 0, 0, 1, 0]
+    assert all(v.dtype == float and v.shape == (5,) for v in ind.values())
 
 
 def test_prompt_copy_self_reference_and_unfinished_rates():

@@ -34,6 +34,7 @@ FIELDS = {
     "names_no_history": "slate",  # names none of the history titles the prompt showed (faithfulness@1 0)
     "names_latest": "slate",     # names the most recent shown item (the ranker's top contributor in ~half the pairs)
     "hallucinated": "slate",     # names a catalogue title outside what the prompt showed ∪ the item
+    "invented_title": "slate",   # names a title-like span that is no catalogue title ("The Black Lagoons")
     "prompt_copy": "slate",      # copies prompt catalogue text beyond the threshold
     "self_reference": "slate",   # gives the recommended item as its own reason
     "unfinished": "slate",       # ends mid-sentence

@@ -53,7 +53,11 @@ Reference-free (:data:`REFERENCE_FREE_KEYS`):
                     simulator's matcher) that is neither the item nor in the history the prompt showed
                     (the record's ``shown``, see below); counted as in ``grounding_score``: a title
                     shared by several items is grounded if any of them is allowed. Title-like spans
-                    outside the catalogue do not count here
+                    outside the catalogue do not count here: see ``invented_title_rate``
+``invented_title_rate``  share of explanations with a title-like span (two or more capitalised words,
+                    ``TitleIndex.find``'s unknown spans) that names no catalogue title: a made-up film
+                    ("Because you enjoyed The Black Lagoons"); a heuristic (docs/simulator.md §4: lower-
+                    case and one-word inventions are missed, a person's name counts)
 ``prompt_copy_rate``  share of explanations whose ``quality.prompt_copy`` (share of words in a verbatim
                     copy of a prompt item line: the shown history's and the item's catalogue lines)
                     exceeds ``QualityConfig.copy_ok`` (0.2), the rate above which the simulator caps q
@@ -107,7 +111,8 @@ from ..trainer.quality import (Encoder, QualityConfig, TitleIndex, grounding_sco
 
 REFERENCE_KEYS = ("bleu1", "bleu4", "rouge1", "rouge2", "rougeL", "embed_sim")
 REFERENCE_FREE_KEYS = ("usr", "distinct1", "distinct2", "genre_mention", "genre_named_rate", "genre_precision",
-                       "genre_recall", "hallucination_rate", "prompt_copy_rate", "self_reference_rate",
+                       "genre_recall", "hallucination_rate", "invented_title_rate", "prompt_copy_rate",
+                       "self_reference_rate",
                        "unfinished_rate", "unnamed_item_rate", "mean_len", "n")
 METRIC_KEYS = REFERENCE_KEYS + REFERENCE_FREE_KEYS
 # the metrics :func:`stats_metrics` recomputes from per-explanation statistics (what the bootstrap resamples)
@@ -365,6 +370,13 @@ def self_reference_rate(records: Sequence[Mapping], titles: TitleIndex) -> float
     return float(np.mean(refs)) if refs else 0.0
 
 
+def invented_title_rate(records: Sequence[Mapping], titles: TitleIndex) -> float:
+    """Share of ``records`` whose text names a title-like span that is no catalogue title
+    (:meth:`~shielded_recrl.trainer.quality.TitleIndex.find`'s unknown spans; ``Quality.n_unknown`` > 0)."""
+    invented = [bool(titles.find(str(r["text"]))[1]) for r in records]
+    return float(np.mean(invented)) if invented else 0.0
+
+
 def unfinished_rate(texts: Sequence[str]) -> float:
     """Share of ``texts`` that do not end a sentence (:func:`~shielded_recrl.trainer.quality.is_unfinished`)."""
     return float(np.mean([is_unfinished(str(t)) for t in texts])) if len(texts) else 0.0
@@ -494,6 +506,7 @@ def _point(stats: TextStats) -> dict[str, float | None]:
 def _free(records: Sequence[Mapping], stats: TextStats, items: pd.DataFrame, titles: TitleIndex) -> dict:
     hyps = [str(r["text"]) for r in records]
     return {"usr": unique_sentence_ratio(hyps), "hallucination_rate": float(np.mean(stats.hallucinated)),
+            "invented_title_rate": invented_title_rate(records, titles),
             "prompt_copy_rate": prompt_copy_rate(records, items, titles),
             "self_reference_rate": self_reference_rate(records, titles), "unfinished_rate": unfinished_rate(hyps),
             "unnamed_item_rate": unnamed_item_rate(records, titles), "mean_len": mean_length(hyps), "n": len(records)}

@@ -150,9 +150,12 @@ class Quality(NamedTuple):
 
 def failure_indicators(qual: Quality, cfg: "QualityConfig") -> dict[str, np.ndarray]:
     """The 0/1 failure indicators systems are compared on, per text (float (n,) arrays): a hallucinated
-    catalogue title, prompt copy above ``cfg.copy_ok``, self-reference, an unfinished sentence and a text that
-    never names the item — the rules q applies (docs/simulator.md). Evaluation and the PPO panel both use this."""
+    catalogue title, an invented title (a title-like span naming no catalogue title, ``Quality.n_unknown``,
+    which grounding penalises), prompt copy above ``cfg.copy_ok``, self-reference, an unfinished sentence and
+    a text that never names the item — the rules q applies (docs/simulator.md). Evaluation and the PPO panel
+    both use this."""
     return {"hallucinated": (np.asarray(qual.n_hallucinated) > 0).astype(float),
+            "invented_title": (np.asarray(qual.n_unknown) > 0).astype(float),
             "prompt_copy": (np.asarray(qual.copy) > cfg.copy_ok).astype(float),
             "self_reference": np.asarray(qual.self_reference, dtype=float),
             "unfinished": np.asarray(qual.unfinished, dtype=float),

@@ -145,13 +145,15 @@ def make_panel(sim: UserSimulator, histories, n: int, seed: int) -> list[Example
 class PanelScores(NamedTuple):
     """Per panel pair, each (n,) float64, the mean over the pair's texts: q, the click probability,
     faithfulness@1, and the failure indicators as q's rules define them (docs/simulator.md; the same
-    0/1 rules as evaluation's ``hallucinated``, ``prompt_copy``, ``self_reference``, ``unfinished``)."""
+    0/1 rules as evaluation's ``hallucinated``, ``invented_title``, ``prompt_copy``, ``self_reference``,
+    ``unfinished``)."""
 
     q: torch.Tensor
     click: torch.Tensor
     faith1: torch.Tensor
     self_reference: torch.Tensor
     hallucinated: torch.Tensor
+    invented_title: torch.Tensor
     prompt_copy: torch.Tensor
     unfinished: torch.Tensor
 
