@@ -140,6 +140,24 @@ def test_evaluate_run_writes_metrics_and_explanations(runs, monkeypatch):
     with pytest.raises(InputError, match="Run without --rescore"):  # other users: the saved texts do not fit
         evaluate_run.main(EVAL + ["--tag", "shielded", "--rescore", "--n_users", "3"])
 
+    # --user_offset: users disjoint from the default draw, written beside (never over) the default evaluation
+    monkeypatch.undo()
+    monkeypatch.setenv("RECRL_ROOT", str(runs))
+    default = runs / "logs" / "ml100k" / "shielded"
+    kept = {f: (default / f).read_bytes() for f in ("eval.json", "explanations.jsonl")}
+    confirm = evaluate_run.main(EVAL + ["--tag", "shielded", "--user_offset", "4", "--systems", "recrl", "warm_start"])
+    users_default = {r["user_id"] for r in _rows(default / "explanations.jsonl")}
+    users_confirm = {r["user_id"] for r in _rows(default / "users_from4" / "explanations.jsonl")}
+    assert len(users_confirm) == 4 and not users_default & users_confirm
+    assert confirm["user_offset"] == 4 and (default / "users_from4" / "eval.json").exists()
+    assert {f: (default / f).read_bytes() for f in kept} == kept
+    with pytest.raises(InputError, match="user_offset"):
+        evaluate_run.main(EVAL + ["--tag", "shielded", "--user_offset", "100000"])
+    from shielded_recrl.eval import compare_runs
+    pair = compare_runs.main(["--dataset", "ml100k", "--runs", "shielded", "shielded", "--user_offset", "4"])
+    assert pair["user_offset"] == 4 and pair["diff"]["q"]["diff"] == 0.0
+    assert (runs / "logs" / "ml100k" / "compare_shielded_vs_shielded_users_from4.json").exists()
+
 
 def ml100k_targets(root: Path):
     from shielded_recrl.dataset.processed import load_processed

@@ -168,6 +168,18 @@ def test_sample_users_is_seeded_sorted_and_all_when_fewer():
     assert (a + 1).tolist() == pick_users(943, 100, 0)
 
 
+def test_a_user_offset_gives_a_disjoint_confirmation_sample():
+    from shielded_recrl.eval.explanations import pick_users
+
+    first, second = pick_users(943, 256, 0), pick_users(943, 256, 0, offset=256)
+    assert len(second) == 256 == len(set(second)) and not set(first) & set(second) and second == sorted(second)
+    assert pick_users(943, 256, 0, offset=0) == first  # the default draw is unchanged
+    assert set(first) | set(second) == set(pick_users(943, 512, 0))  # the next users of the same permutation
+    for bad in ((800, 256), (-1, 10), (10, 0)):
+        with pytest.raises(ValueError, match="permutation"):
+            pick_users(943, bad[1], 0, offset=bad[0])
+
+
 def test_a_user_sample_gives_the_sampled_rows_of_the_full_result(ranked):
     model, data, E0, E1 = ranked
     users = sample_users(data.n_users, 100, 3)

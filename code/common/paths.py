@@ -94,6 +94,14 @@ def logs_dir(root: Path | None = None) -> Path:
     return (root or repo_root()) / "logs"
 
 
+def eval_dir(dataset: str, tag: str, user_offset: int = 0, root: Path | None = None) -> Path:
+    """Where ``evaluate_run.py`` writes a run's evaluation: ``logs/<D>/<tag>/``, or for the users after the
+    first ``user_offset`` of the seeded draw (a confirmation set disjoint from the default one)
+    ``logs/<D>/<tag>/users_from<offset>/``."""
+    folder = logs_dir(root) / dataset / tag
+    return folder / f"users_from{user_offset}" if user_offset else folder
+
+
 def experiments_dir(root: Path | None = None) -> Path:
     return (root or repo_root()) / "experiments"
 

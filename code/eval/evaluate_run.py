@@ -8,6 +8,8 @@ protocols), ``logs/<D>/<tag>/explanations.jsonl`` (every generated text, for ins
 and ``logs/<D>/<tag>/eval.manifest.json``. Skipped when the manifest says the same config and inputs were
 already evaluated (``--force`` redoes it). ``--rescore`` scores the last evaluation's texts again with the
 current scorer and judge, without generating (the same checkpoint, inputs and settings, checked).
+``--user_offset K`` scores the ``n_users`` users after the first ``K`` of the same seeded draw instead (with
+``K = n_users``: a confirmation set disjoint from the default one) and writes ``logs/<D>/<tag>/users_from<K>/``.
 
 Ranking: the ranker with the run's co-adapted store against the original, on the test split, every
 protocol of the ranker stage, with paired standard errors over all test users (or ``--eval_users``
@@ -36,7 +38,7 @@ from shielded_recrl.common.configs import parse_config, to_dict
 from shielded_recrl.common.device import prepare_runtime
 from shielded_recrl.common.errors import InputError, run_cli
 from shielded_recrl.common.logs import setup_logging
-from shielded_recrl.common.paths import logs_dir
+from shielded_recrl.common.paths import eval_dir, logs_dir
 from shielded_recrl.dataset.processed import load_processed
 from shielded_recrl.eval import explanations as X
 from shielded_recrl.eval import text_metrics
@@ -99,6 +101,9 @@ class EvalConfig:
                                               "validation panel selected (--panel_users; select on validation)"})
     n_users: int = dataclasses.field(default=256, metadata={
         "help": "seeded test users whose explanations are scored and paired across systems (0: all)"})
+    user_offset: int = dataclasses.field(default=0, metadata={
+        "help": "skip the first K users of the seeded draw: --user_offset 256 --n_users 256 scores 256 users "
+                "disjoint from the default set (a confirmation set); writes logs/<D>/<tag>/users_from<K>/"})
     eval_users: int = dataclasses.field(default=0, metadata={
         "help": "test users of the ranking section: a fixed sample seeded with --seed (0: all test users)"})
     systems: list[str] = dataclasses.field(default_factory=lambda: list(X.SYSTEMS), metadata={
@@ -113,6 +118,8 @@ class EvalConfig:
     threads: int = dataclasses.field(default=0, metadata={"help": "torch CPU threads (0: torch's default)"})
 
     def __post_init__(self):
+        if self.user_offset < 0 or (self.user_offset and self.n_users <= 0):
+            raise ValueError(f"--user_offset {self.user_offset} needs --n_users > 0 and an offset >= 0")
         unknown = set(self.systems) - set(X.SYSTEMS)
         if unknown:
             raise ValueError(f"unknown system(s) {sorted(unknown)}; choose from {X.SYSTEMS}")
@@ -124,7 +131,8 @@ def parse(argv=None) -> tuple[EvalConfig, bool, bool]:
                                default_yaml="experiments/eval.yaml",
                                extra_args=add_flags)
     except ValueError as err:
-        raise InputError("--systems", f"a subset of {X.SYSTEMS}", str(err)) from None
+        raise InputError("--systems / --user_offset", f"systems a subset of {X.SYSTEMS}; an offset >= 0 with "
+                         f"--n_users > 0", str(err)) from None
     return cfg, ns.force, ns.rescore
 
 
@@ -181,7 +189,9 @@ def baseline_key(cfg: EvalConfig, run_cfg: RecRLConfig, warm_sha: str, ranker_sh
     blob = json.dumps({"records": 3,  # 2: rows carry the history items the prompt showed; 3: and the judge's parts
                        "n_users": cfg.n_users, "seed": cfg.seed, "decoding": dataclasses.asdict(dec),
                        "warm_start": warm_sha, "ranker": ranker_sha, "id_map": id_map,
-                       "prompt": [getattr(run_cfg, k) for k in CHECKPOINT_KEYS]}, sort_keys=True)
+                       "prompt": [getattr(run_cfg, k) for k in CHECKPOINT_KEYS],
+                       # absent at 0, so the caches of the default user set written before the flag stay valid
+                       **({"user_offset": cfg.user_offset} if cfg.user_offset else {})}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -286,7 +296,7 @@ def previous_texts(man_path: Path, explanations: Path, config: dict, inputs: dic
 
 def run(cfg: EvalConfig, force: bool = False, rescore: bool = False) -> dict:
     started = time.time()
-    out_dir = logs_dir() / cfg.dataset / cfg.tag
+    out_dir = eval_dir(cfg.dataset, cfg.tag, cfg.user_offset)
     ckpt = run_folder.find(cfg.dataset, cfg.tag, cfg.step, cfg.checkpoint)
     folder, run_cfg = ckpt.folder, ckpt.config
     ranker_path, warm_dir = ckpt.input_path("ranker_ckpt"), ckpt.input_path("explainer_ckpt")
@@ -329,7 +339,11 @@ def run(cfg: EvalConfig, force: bool = False, rescore: bool = False) -> dict:
     sim = UserSimulator.from_ranker(ranker, histories, quality,
                                     SimulatorConfig(slate_size=run_cfg.slate_size, z_over=run_cfg.z_over, seed=cfg.seed),
                                     reasons=functools.partial(shown_attribution, ranker))  # q as the run was trained on
-    users = X.pick_users(data.n_users, cfg.n_users, cfg.seed)
+    try:
+        users = X.pick_users(data.n_users, cfg.n_users, cfg.seed, cfg.user_offset)
+    except ValueError as err:
+        raise InputError("--user_offset", f"--user_offset + --n_users <= the {data.n_users} users of "
+                         f"{data.folder}", str(err)) from None
     slates = sim.slate(torch.tensor(users))
     slate_map = {u: [int(i) for i in row] for u, row in zip(users, slates)}
     test_ex, slate_ex, sources = examples_for(data, users, X.slate_picks(slates, cfg.seed))
@@ -389,7 +403,7 @@ def run(cfg: EvalConfig, force: bool = False, rescore: bool = False) -> dict:
     lift = {s: 100.0 * (m["ctr"] - metrics["warm_start"]["ctr"]) for s, m in metrics.items()} \
         if "warm_start" in metrics else {}
     result = {"dataset": cfg.dataset, "tag": cfg.tag, "mode": ckpt.mode, "step": step,
-              "checkpoint": str(folder), "n_users": len(users), "protocol": protocol, "decoding": dataclasses.asdict(dec),
+              "checkpoint": str(folder), "n_users": len(users), "user_offset": cfg.user_offset, "protocol": protocol, "decoding": dataclasses.asdict(dec),
               "quality": dataclasses.asdict(quality.cfg),  # q's weights: runs are q-comparable only when equal
               "ranking": ranking, **text, "ctr_lift_pp": lift,
               "vs_warm_start": compare_systems(recs, "warm_start")}

@@ -39,12 +39,17 @@ def template_explanation(item: dict, kind: str) -> str:
     return f"We recommend {item['title']}, {what} picked for you from what you chose before."
 
 
-def pick_users(n_users: int, n: int, seed: int) -> list[int]:
-    """``n`` user ids (1-based) drawn without replacement with a seeded generator, sorted; all if n ≤ 0."""
-    if n <= 0 or n >= n_users:
+def pick_users(n_users: int, n: int, seed: int, offset: int = 0) -> list[int]:
+    """``n`` user ids (1-based) drawn without replacement with a seeded generator, sorted; all if n ≤ 0.
+    ``offset`` skips the first ``offset`` users of the same seeded permutation, so ``offset = n`` gives ``n``
+    users disjoint from the default draw (a confirmation set never looked at while choosing configurations)."""
+    if offset < 0 or (offset and (n <= 0 or offset + n > n_users)):
+        raise ValueError(f"users {offset}..{offset + n} of a permutation of {n_users} users (n must be > 0 "
+                         f"and offset + n <= {n_users})")
+    if offset == 0 and (n <= 0 or n >= n_users):
         return list(range(1, n_users + 1))
     g = torch.Generator().manual_seed(seed)
-    return sorted(int(u) + 1 for u in torch.randperm(n_users, generator=g)[:n])
+    return sorted(int(u) + 1 for u in torch.randperm(n_users, generator=g)[offset:offset + n])
 
 
 def slate_picks(slates: torch.Tensor, seed: int) -> torch.Tensor:
