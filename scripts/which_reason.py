@@ -11,7 +11,8 @@ none (no shown item's deletion lowers the score). In each group it prints each s
 system − warm start ± paired SE over users (paired t-test p). A ranker-blind explainer that always names the
 latest item scores 1 on the first group and 0 on the second; the second group is where naming the ranker's
 reason cannot come from position. The groups are fixed by the ranker before any text is read (the same pairs
-for every system of a run), so the split is a stratification, not a selection on the outcome. Writes nothing.
+for every system of a run), so the split is a stratification, not a selection on the outcome. ``--user_offset K``
+reads the runs' evaluations on the confirmation users (``evaluate_run.py --user_offset K``). Writes nothing.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import argparse
 import numpy as np
 
 from shielded_recrl.common.errors import InputError, run_cli
-from shielded_recrl.common.paths import checkpoints_dir, logs_dir
+from shielded_recrl.common.paths import checkpoints_dir, eval_dir
 from shielded_recrl.dataset.processed import load_processed
 from shielded_recrl.eval.compare import compare_systems
 from shielded_recrl.eval.compare_runs import load_run
@@ -66,14 +67,16 @@ def main(argv=None) -> dict:
     p.add_argument("--dataset", default="ml100k")
     p.add_argument("--runs", nargs="+", required=True, help="evaluated run tags")
     p.add_argument("--ranker_ckpt", default="", help="default checkpoints/sasrec_<D>.pt (the evaluation's)")
+    p.add_argument("--user_offset", type=int, default=0,
+                   help="the evaluations on the users after the first K of the draw (evaluate_run.py --user_offset)")
     args = p.parse_args(argv)
     data = load_processed(args.dataset)
     ranker, _ = load_ranker(args.ranker_ckpt or checkpoints_dir() / f"sasrec_{args.dataset}.pt",
                             expect_id_map=data.id_map_sha256)
     out = {}
     for tag in args.runs:
-        path = logs_dir() / args.dataset / tag / "explanations.jsonl"
-        _, records = load_run(args.dataset, tag)
+        path = eval_dir(args.dataset, tag, args.user_offset) / "explanations.jsonl"
+        _, records = load_run(args.dataset, tag, args.user_offset)
         if not any("faith1" in r and "shown" in r for r in records):
             raise InputError(path, "rows with faith1 and shown", "none", "Evaluate the run again.")
         out[tag] = s = split(records, reason_groups(records, ranker))
